@@ -1,0 +1,3 @@
+from clip_rerank.cli import main
+
+main()

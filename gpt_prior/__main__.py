@@ -1,0 +1,3 @@
+from gpt_prior.cli import main
+
+main()

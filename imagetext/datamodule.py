@@ -1,0 +1,155 @@
+"""One LightningDataModule for every stage: shapes made on the fly, a caption folder, or webdataset shards.
+
+Every stage's YAML names it under `data:`, e.g.
+
+    data:
+      source: shapes        # shapes | folder | wds
+      image_size: 32
+      batch_size: 64
+
+Batches are dicts: "image" [B,3,S,S] in [-1,1], "caption" list[str], "skipped" list of unreadable
+sources passed over while the batch was made, plus per-item extras as lists ("scene", "path", "key").
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+
+from imagetext.folder import ImageCaptionFolder
+from imagetext.shapes import ShapesDataset
+from imagetext.shards import ShardDataset, expand_shard_spec
+
+log = logging.getLogger(__name__)
+
+
+def collate_image_text(samples: list[dict]) -> dict:
+    """Stack images, keep captions and other per-item values as lists, and pool the skipped sources."""
+    batch = {"image": default_collate([s["image"] for s in samples]), "skipped": []}
+    for sample in samples:
+        batch["skipped"].extend(sample.get("skipped", ()))
+    for key in samples[0]:
+        if key not in batch:
+            batch[key] = [s[key] for s in samples]
+    return batch
+
+
+class DataEpochHooks(pl.Callback):
+    """Per-epoch duties of the data that Lightning does not do itself.
+
+    Tells an iterable training set the epoch (Lightning only tells samplers, and shards are shuffled
+    per epoch), and says once per epoch how many unreadable images the loaders passed over, instead
+    of once per file.
+    """
+
+    def __init__(self):
+        self.skipped: list[str] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.skipped.extend(batch.get("skipped", ()))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.skipped.extend(batch.get("skipped", ()))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.report(trainer.current_epoch)
+
+    def report(self, epoch: int) -> int:
+        count = len(self.skipped)
+        if count:
+            log.warning("epoch %d: skipped %d unreadable images (first: %s)", epoch, count, self.skipped[0])
+        self.skipped = []
+        return count
+
+
+class ImageTextDataModule(pl.LightningDataModule):
+    """Image–caption data for any stage.
+
+    source="shapes": `n_train` + `n_val` images generated on the fly (val = the next indices of the
+    same seeded set; `shapes_split="novel"` gives the held-out compositions).
+    source="folder": an image–caption folder at `path`; a seeded permutation sets aside
+    `val_fraction` of it for validation.
+    source="wds": webdataset shards at `path` (files, folder or brace pattern); validation reads
+    `val_path`, or the last shard when none is given. Shards are split by rank and worker.
+    """
+
+    def __init__(
+        self,
+        source: Literal["shapes", "folder", "wds"] = "shapes",
+        path: str | None = None,
+        val_path: str | None = None,
+        image_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        n_train: int = 20000,
+        n_val: int = 500,
+        shapes_split: Literal["train", "novel"] = "train",
+        val_fraction: float = 0.05,
+        random_crop: bool = False,
+        use_filename_captions: bool = False,
+    ):
+        super().__init__()
+        if source not in ("shapes", "folder", "wds"):
+            raise ValueError(f"data.source must be shapes, folder or wds, got {source!r}")
+        if source != "shapes" and not path:
+            raise ValueError(f"data.source={source} needs data.path (a folder or shard spec)")
+        self.save_hyperparameters()
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        h = self.hparams
+        if h.source == "shapes":
+            self.train_set = ShapesDataset(h.n_train, h.image_size, h.seed, h.shapes_split)
+            self.val_set = ShapesDataset(h.n_val, h.image_size, h.seed, h.shapes_split, offset=h.n_train)
+        elif h.source == "folder":
+            folder = ImageCaptionFolder(h.path, h.image_size, h.random_crop, "random", h.use_filename_captions)
+            order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(h.seed)).tolist()
+            n_val = max(1, round(h.val_fraction * len(folder))) if len(folder) > 1 else 0
+            self.val_set = Subset(folder.view(random_crop=False, caption_choice="first"), sorted(order[:n_val]))
+            self.train_set = Subset(folder, sorted(order[n_val:]))
+        else:
+            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            shards = expand_shard_spec(h.path)
+            if h.val_path:
+                train_shards, val_shards = shards, expand_shard_spec(h.val_path)
+            elif len(shards) > 1:
+                train_shards, val_shards = shards[:-1], shards[-1:]
+            else:
+                raise ValueError(f"{h.path} has one shard: give data.val_path, or write more shards")
+            self.train_set = ShardDataset(
+                train_shards, h.image_size, h.random_crop, "random", rank, world_size, shuffle_shards=True, seed=h.seed
+            )
+            # Every rank validates on all of the validation shards.
+            self.val_set = ShardDataset(val_shards, h.image_size, False, "first")
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        iterable = isinstance(dataset, torch.utils.data.IterableDataset)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle and not iterable,
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate_image_text,
+            # Workers of an iterable set must be made anew each epoch to see its new epoch number.
+            persistent_workers=self.hparams.num_workers > 0 and not iterable,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, shuffle=False)

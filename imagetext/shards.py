@@ -1,0 +1,222 @@
+"""WebDataset shards: image–caption pairs packed into `.tar` files, the format img2dataset writes.
+
+One sample is a group of tar members that share a key:
+
+    000123.jpg    the image, raw encoded bytes (png, jpg, jpeg, webp or bmp)
+    000123.txt    captions, one per line
+    000123.json   optional metadata (img2dataset puts the URL, size and licence here)
+
+`write_shards` packs records into `prefix-000000.tar`, `prefix-000001.tar`, …; `ShardDataset`
+streams them back as image tensors, split by node (DDP rank) and by DataLoader worker so that
+nobody reads a shard twice in an epoch.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import braceexpand
+import torch
+from torch.utils.data import IterableDataset
+from tqdm import tqdm
+from webdataset import SimpleShardList, TarWriter, split_by_worker, tarfile_to_samples
+
+from imagetext.files import atomic_path
+from imagetext.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, ResizeCrop, open_rgb
+
+IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+CAPTION_CHOICES = ("random", "first")
+# A fixed member time makes the same records give byte-identical shards.
+TAR_MTIME = 0.0
+
+
+@dataclass
+class ShardRecord:
+    """One image–caption pair as it goes into a shard: `key.<image_ext>`, `key.txt` and maybe `key.json`."""
+
+    key: str
+    image: bytes
+    image_ext: str
+    captions: list[str]
+    meta: dict | None = None
+
+    def __post_init__(self):
+        self.image_ext = self.image_ext.lstrip(".").lower()
+        if self.image_ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"record {self.key!r}: image_ext must be one of {IMAGE_EXTENSIONS}, got {self.image_ext!r}")
+        # webdataset groups members by the name up to the first dot, so a dot in the key would split it.
+        if not self.key or "." in self.key or self.key.startswith("__"):
+            raise ValueError(f"record key {self.key!r} must be non-empty, contain no '.', and not start with '__'")
+        if not self.captions or any(not caption.strip() or "\n" in caption for caption in self.captions):
+            raise ValueError(f"record {self.key!r}: give at least one caption, each a non-empty single line")
+
+    def to_sample(self) -> dict[str, str | bytes]:
+        """The dict TarWriter stores: extension -> bytes, plus the key."""
+        sample: dict[str, str | bytes] = {
+            "__key__": self.key,
+            self.image_ext: self.image,
+            "txt": "\n".join(self.captions).encode("utf-8"),
+        }
+        if self.meta is not None:
+            sample["json"] = json.dumps(self.meta, ensure_ascii=False).encode("utf-8")
+        return sample
+
+
+def write_shards(records: Iterable[ShardRecord], out_dir: Path, shard_size: int, prefix: str = "shard") -> list[Path]:
+    """Write records into `out_dir/{prefix}-000000.tar`, … with at most `shard_size` records each.
+
+    Each shard is written under a temporary name and renamed when complete, so an interrupted run
+    leaves only whole shards. Refuses a folder that already holds `{prefix}-*.tar`: stale shards from
+    an earlier run would silently join the new set.
+    """
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive number of records per shard, got {shard_size!r}")
+    out_dir = Path(out_dir)
+    existing = sorted(out_dir.glob(f"{prefix}-*.tar"))
+    if existing:
+        raise FileExistsError(f"{out_dir} already holds shards ({existing[0].name}, …): use an empty folder or another prefix")
+
+    total = len(records) if hasattr(records, "__len__") else None
+    remaining = iter(tqdm(records, total=total, desc=f"writing shards to {out_dir}", unit="pair"))
+    written: list[Path] = []
+    for index in itertools.count():
+        # islice is lazy: a shard's records are read from the source only while that shard is open.
+        shard_records = itertools.islice(remaining, shard_size)
+        first = next(shard_records, None)
+        if first is None:
+            break
+        path = out_dir / f"{prefix}-{index:06d}.tar"
+        with atomic_path(path) as temporary, TarWriter(str(temporary), encoder=False, mtime=TAR_MTIME) as tar:
+            for record in itertools.chain([first], shard_records):
+                tar.write(record.to_sample())
+        written.append(path)
+    if not written:
+        raise ValueError(f"no records to write into {out_dir}: the source is empty")
+    return written
+
+
+def expand_shard_spec(spec: str | Path | Sequence[str | Path]) -> list[str]:
+    """Shard paths from a spec: a folder (its `*.tar`, sorted), a brace pattern, a path, or a list of those.
+
+    `data/shard-{000000..000009}.tar` expands to ten paths. Every path must exist.
+    """
+    if isinstance(spec, (str, Path)):
+        spec_path = Path(spec)
+        if spec_path.is_dir():
+            shards = [str(path) for path in sorted(spec_path.glob("*.tar"))]
+        else:
+            shards = list(braceexpand.braceexpand(str(spec)))
+    else:
+        shards = [shard for item in spec for shard in expand_shard_spec(item)]
+    if not shards:
+        raise FileNotFoundError(f"no .tar shards found for {spec!r}: give a folder of .tar files, a brace pattern or paths")
+    missing = [shard for shard in shards if not Path(shard).is_file()]
+    if missing:
+        raise FileNotFoundError(f"shard spec {spec!r}: {len(missing)} of {len(shards)} shards do not exist, e.g. {missing[0]}")
+    return shards
+
+
+class ShardDataset(IterableDataset):
+    """Stream image–caption samples from webdataset shards, each shard read by one process only.
+
+    Shards are split first by node (`shards[rank::world_size]`), then by DataLoader worker. In DDP a
+    rank with fewer samples than the others finishes its epoch early and the others hang at the next
+    collective, so use a number of shards divisible by world_size × num_workers, with equal shard sizes.
+
+    Each item is `{"image": [3, S, S] in [-1, 1], "caption", "key", "skipped"}`. `skipped` lists what
+    this worker passed over since its previous item: keys of samples with an unreadable image or no
+    caption, or `"<shard>: <error>"` for a shard that could not be read to its end. Nothing here raises
+    mid-epoch; a collate function can sum `skipped` to report it. Skips after a worker's last item
+    are reported as a warning instead.
+
+    With `shuffle_shards` the shard order is a permutation seeded by `seed + epoch`, the same on every
+    rank; call `set_epoch` before each epoch (it reaches workers unless they are persistent).
+    """
+
+    def __init__(
+        self,
+        spec: str | Path | Sequence[str | Path],
+        image_size: int,
+        random_crop: bool = False,
+        caption_choice: str = "random",
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_shards: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if caption_choice not in CAPTION_CHOICES:
+            raise ValueError(f"caption_choice must be one of {CAPTION_CHOICES}, got {caption_choice!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.shards = expand_shard_spec(spec)
+        if len(self.shards) < world_size:
+            warnings.warn(f"only {len(self.shards)} shards for {world_size} ranks: some ranks get no data and DDP will hang")
+        self.resize_crop = ResizeCrop(image_size, random_crop)
+        self.caption_choice = caption_choice
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_shards = shuffle_shards
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def node_shards(self) -> list[str]:
+        """This rank's shards for the current epoch, before the split between workers."""
+        shards = self.shards
+        if self.shuffle_shards:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            shards = [shards[i] for i in torch.randperm(len(shards), generator=generator).tolist()]
+        return shards[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[dict]:
+        skipped: list[str] = []
+        for shard in split_by_worker(SimpleShardList(self.node_shards())):
+            for sample in self.read_shard(shard["url"], skipped):
+                decoded = self.decode(sample)
+                if decoded is None:
+                    skipped.append(sample["__key__"])
+                    continue
+                image, caption = decoded
+                yield {"image": image, "caption": caption, "key": sample["__key__"], "skipped": skipped}
+                skipped = []
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} unreadable samples at the end of a worker's shards, e.g. {skipped[0]}")
+
+    @staticmethod
+    def read_shard(shard: str, skipped: list[str]) -> Iterator[dict]:
+        """Raw samples (extension -> bytes) of one shard; a broken or truncated tar ends it early."""
+        failed = False
+
+        def note_failure(error: Exception) -> bool:
+            # webdataset may call this twice for one broken tar (member level, then file level).
+            nonlocal failed
+            if not failed:
+                skipped.append(f"{shard}: {type(error).__name__}: {error.args[0] if error.args else error}")
+                failed = True
+            return True  # go on with whatever can still be read
+
+        yield from tarfile_to_samples(handler=note_failure)(iter([{"url": shard}]))
+
+    def decode(self, sample: dict) -> tuple[torch.Tensor, str] | None:
+        """(image tensor, chosen caption), or None when the image or the captions are missing or unreadable."""
+        image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if image_ext is None or "txt" not in sample:
+            return None
+        lines = sample["txt"].decode("utf-8", errors="replace").splitlines()
+        captions = [line.strip() for line in lines if line.strip()]
+        if not captions:
+            return None
+        try:
+            image = self.resize_crop(open_rgb(sample[image_ext]))
+        except UNREADABLE_IMAGE_ERRORS:
+            return None
+        if self.caption_choice == "first":
+            return image, captions[0]
+        return image, captions[int(torch.randint(len(captions), ()))]

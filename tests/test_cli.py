@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from vqgan_clip.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vqgan_clip", *args], capture_output=True, text=True)
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "data" in result.stdout and "demo" in result.stdout
+
+
+def test_data_shapes_writes_a_folder(tmp_path, capsys):
+    main(["data", "shapes", str(tmp_path / "s"), "--n", "5", "--size", "32", "--split", "novel"])
+    assert len(list((tmp_path / "s").glob("*.png"))) == 5
+    labels = json.loads((tmp_path / "s" / "000000.json").read_text())
+    assert labels["caption"] == (tmp_path / "s" / "000000.txt").read_text().strip()
+    assert "wrote 5 shapes pairs" in capsys.readouterr().out
+
+
+def test_data_shard_from_a_folder_keeps_every_pair(tmp_path):
+    main(["data", "shapes", str(tmp_path / "s"), "--n", "7", "--size", "16"])
+    main(["data", "shard", str(tmp_path / "s"), str(tmp_path / "w"), "--shard-size", "3"])
+    shards = sorted((tmp_path / "w").glob("*.tar"))
+    assert len(shards) == 3
+    names = [name for shard in shards for name in tarfile.open(shard).getnames()]
+    assert sorted(n for n in names if n.endswith(".png")) == [f"{i:06d}.png" for i in range(7)]
+
+
+def test_bad_input_is_one_line_and_non_zero(tmp_path):
+    result = run_cli("data", "shard", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = run_cli("data", "emoji", str(tmp_path / "e"), "--tarball", "twitter")
+    assert result.returncode != 0 and "VENDOR=PATH" in result.stderr
+
+
+def test_stage_commands_exist():
+    for module in ("vqgan", "gpt_prior", "clip_rerank"):
+        result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 or "not built yet" in result.stderr

@@ -1,0 +1,3 @@
+from vqgan.cli import main
+
+main()

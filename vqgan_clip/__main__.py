@@ -1,0 +1,3 @@
+from vqgan_clip.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""`vqgan-clip`: the user-facing command. Each subcommand's work lives in its own module; this file is the map.
+
+Errors a user can fix (a missing file, a bad value) end the program with one line on stderr and a
+non-zero exit code; set VQGAN_CLIP_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from vqgan_clip import data_commands, demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vqgan-clip",
+        description="Text-to-image with a VQGAN, a GPT prior and CLIP (DALL·E 1 / VQGAN-CLIP lineage).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="write datasets: shapes, emoji, webdataset shards")
+    datasets = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+
+    shapes = datasets.add_parser("shapes", help="the procedural shapes set as an image–caption folder")
+    shapes.add_argument("out", help="output folder")
+    shapes.add_argument("--n", type=int, default=20000, help="number of images (default 20000)")
+    shapes.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--split", choices=("train", "novel"), default="train",
+                        help="train, or novel: held-out colour+shape compositions")
+    shapes.set_defaults(run=data_commands.write_shapes)
+
+    emoji = datasets.add_parser("emoji", help="64px emoji image–caption pairs from the emoji-datasource npm packages")
+    emoji.add_argument("out", help="output folder")
+    emoji.add_argument("--vendors", default="twitter,google", help="comma-separated: twitter, google")
+    emoji.add_argument("--version", default="16.0.0", help="emoji-datasource package version")
+    emoji.add_argument("--tarball", action="append", default=[], metavar="VENDOR=PATH",
+                       help="use a package .tgz you already have instead of running npm pack (repeatable)")
+    emoji.set_defaults(run=data_commands.write_emoji)
+
+    shard = datasets.add_parser("shard", help="write webdataset .tar shards from a dataset")
+    shard.add_argument("src", help="an image–caption folder, a shard spec, or 'shapes'")
+    shard.add_argument("out", help="output folder for the shards")
+    shard.add_argument("--shard-size", type=int, default=1000, help="pairs per shard (default 1000)")
+    shard.add_argument("--n", type=int, default=20000, help="with src=shapes: number of images")
+    shard.add_argument("--size", type=int, default=32, help="with src=shapes: image side")
+    shard.add_argument("--seed", type=int, default=0, help="with src=shapes: seed")
+    shard.set_defaults(run=data_commands.write_shards)
+
+    demo_parser = commands.add_parser("demo", help="run the whole pipeline on the shapes set (what `make demo` runs)")
+    demo_parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    demo_parser.add_argument("--quick", action="store_true", help="a smoke-test profile that finishes in minutes")
+    demo_parser.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing outputs")
+    demo_parser.set_defaults(run=demo.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+        if os.environ.get("VQGAN_CLIP_DEBUG"):
+            raise
+        sys.exit(f"vqgan-clip {args.command}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"vqgan-clip {args.command}: interrupted")
