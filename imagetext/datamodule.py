@@ -8,16 +8,16 @@ Every stage's YAML names it under `data:`, e.g.
       batch_size: 64
 
 Batches are dicts: "image" [B,3,S,S] in [-1,1], "caption" list[str], "skipped" list of unreadable
-sources passed over while the batch was made, plus per-item extras as lists ("scene", "path", "key").
+sources passed over while the batch was made, plus per-item extras as lists ("labels", "path", "key").
 """
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Iterator, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
 from imagetext.folder import ImageCaptionFolder
 from imagetext.shapes import ShapesDataset
@@ -35,6 +35,27 @@ def collate_image_text(samples: list[dict]) -> dict:
         if key not in batch:
             batch[key] = [s[key] for s in samples]
     return batch
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle that is a function of (seed, epoch) alone, so a resumed run sees the same order.
+
+    torch's RandomSampler draws from the global generator, whose state a checkpoint does not keep.
+    Lightning calls `set_epoch` on samplers itself (and under DDP wraps this one per rank).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 class DataEpochHooks(pl.Callback):
@@ -139,7 +160,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle and not iterable,
+            sampler=EpochShuffle(len(dataset), self.hparams.seed) if shuffle and not iterable else None,
             num_workers=self.hparams.num_workers,
             collate_fn=collate_image_text,
             # Workers of an iterable set must be made anew each epoch to see its new epoch number.

@@ -206,7 +206,8 @@ def scene_at(seed: int, index: int, image_size: int, split: str = "train") -> Sc
 class ShapesDataset(Dataset):
     """`n` shapes images generated on the fly, items `offset … offset+n-1` of the set with `seed`.
 
-    Each item: {"image": float [3,S,S] in [-1,1], "caption": str, "scene": Scene}.
+    Each item: {"image": float [3,S,S] in [-1,1], "caption": str, "labels": Scene.to_dict()} — the
+    labels as plain dicts and lists, so batches move between devices like any other collection.
     """
 
     def __init__(self, n: int, image_size: int = 32, seed: int = 0, split: str = "train", offset: int = 0):
@@ -221,7 +222,7 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.n:
             raise IndexError(index)
         scene = scene_at(self.seed, self.offset + index, self.image_size, self.split)
-        return {"image": array_to_tensor(render(scene, self.image_size)), "caption": scene.caption, "scene": scene}
+        return {"image": array_to_tensor(render(scene, self.image_size)), "caption": scene.caption, "labels": scene.to_dict()}
 
 
 def write_shapes_folder(out: str | Path, n: int, image_size: int = 32, seed: int = 0, split: str = "train") -> Path:

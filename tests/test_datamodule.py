@@ -12,7 +12,7 @@ def test_shapes_source_batches_and_disjoint_validation():
     data = ImageTextDataModule(source="shapes", image_size=32, batch_size=4, n_train=12, n_val=6, seed=1)
     batch = next(iter(data.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and len(batch["caption"]) == 4
-    assert batch["skipped"] == [] and len(batch["scene"]) == 4
+    assert batch["skipped"] == [] and len(batch["labels"]) == 4
     train_captions = [data.train_set[i]["caption"] for i in range(12)]
     val_images = torch.stack([data.val_set[i]["image"] for i in range(6)])
     assert len(data.val_set) == 6
@@ -84,3 +84,13 @@ def test_bad_configuration_is_a_clear_error():
         ImageTextDataModule(source="folder")
     with pytest.raises(ValueError, match="shapes, folder or wds"):
         ImageTextDataModule(source="lmdb")
+
+
+def test_training_order_is_a_function_of_seed_and_epoch():
+    from imagetext.datamodule import EpochShuffle
+
+    sampler = EpochShuffle(50, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(50)) and first == list(EpochShuffle(50, seed=3))
+    sampler.set_epoch(1)
+    assert list(sampler) != first

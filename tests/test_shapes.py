@@ -54,10 +54,11 @@ def test_items_are_a_pure_function_of_seed_and_index():
 
 
 def test_images_are_flat_colours_on_black_in_range():
-    item = ShapesDataset(1, image_size=32)[0]
+    item = ShapesDataset(1, image_size=32, seed=0)[0]
     image = item["image"]
     assert image.shape == (3, 32, 32) and image.min() >= -1 and image.max() <= 1
-    pixels = render(item["scene"], 32).reshape(-1, 3)
+    assert item["labels"] == scene_at(0, 0, 32).to_dict()
+    pixels = render(scene_at(0, 0, 32), 32).reshape(-1, 3)
     allowed = {(0, 0, 0)} | set(COLORS.values())
     assert {tuple(p) for p in pixels} <= allowed
 

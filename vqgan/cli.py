@@ -1,6 +1,7 @@
-"""`vqgan`: the stage's LightningCLI (fit / validate / test with YAML configs)."""
-import sys
+"""`vqgan fit|validate|test -c configs/vqgan/shapes.yaml`: the VQGAN stage's LightningCLI."""
+from imagetext.training import run_stage_cli
+from vqgan.lightning import VQGANModule
 
 
-def main(argv: list[str] | None = None) -> None:
-    sys.exit("vqgan: this stage is not built yet")
+def main(args: list[str] | None = None) -> None:
+    run_stage_cli("vqgan", VQGANModule, args=args)

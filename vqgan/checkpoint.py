@@ -1,0 +1,58 @@
+"""Loading and exporting this project's VQGANs, without unpickling anything.
+
+Two formats load with `vqgan.load(path)`:
+- a Lightning checkpoint of `vqgan fit` (`.ckpt`): read with `torch.load(weights_only=True)`; the
+  architecture comes from its saved hyperparameters, the weights from its `model.*` entries;
+- an inference bundle (`.safetensors`): the VQGAN's weights, with its config as JSON in the file's
+  metadata, so the one file is enough. `export_bundle` writes it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from imagetext.files import atomic_path
+from vqgan.model import VQGAN, VQGANConfig
+
+BUNDLE_CONFIG_KEY = "vqgan_config"
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
+    """A VQGAN in eval mode from a `vqgan fit` checkpoint (.ckpt) or an inference bundle (.safetensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VQGAN checkpoint {path} not found; give a .ckpt from `vqgan fit` or a .safetensors bundle")
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt", device=str(map_location)) as bundle:
+            metadata = bundle.metadata() or {}
+            if BUNDLE_CONFIG_KEY not in metadata:
+                raise ValueError(f"{path} has no {BUNDLE_CONFIG_KEY} metadata: it is not a VQGAN bundle from export_bundle")
+            state = {key: bundle.get_tensor(key) for key in bundle.keys()}
+        config = VQGANConfig.from_dict(json.loads(metadata[BUNDLE_CONFIG_KEY]))
+    else:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            config = VQGANConfig.from_dict(checkpoint["hyper_parameters"]["autoencoder"])
+        except KeyError:
+            raise ValueError(f"{path} is not a `vqgan fit` checkpoint (no hyper_parameters.autoencoder); "
+                             f"for a taming-transformers checkpoint use vqgan.from_taming(model.yaml, ckpt)") from None
+        state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
+                 if key.startswith("model.")}
+    model = VQGAN(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def export_bundle(model: VQGAN, path: str | Path) -> Path:
+    """Write the model's weights and config to one .safetensors file (atomically)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"a VQGAN bundle is a .safetensors file; got {path}")
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary), metadata={BUNDLE_CONFIG_KEY: json.dumps(model.config.to_dict())})
+    return path

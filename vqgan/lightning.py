@@ -1,0 +1,199 @@
+"""Training the VQGAN with Lightning: reconstruction + perceptual + codebook + adversarial losses.
+
+One encoder/decoder forward per batch (taming runs it twice), then a generator step and, once the
+discriminator is on, a discriminator step on the same reconstructions — Lightning's manual
+optimisation. The adaptive GAN weight ‖∇rec‖/(‖∇gan‖+1e-4) at the decoder's last layer is computed
+only while the discriminator is on.
+
+Lightning counts every `optimizer.step()` in `trainer.global_step`, so once the discriminator is on
+a batch advances it by two; `disc_start` counts batches (generator steps), kept in `generator_steps`.
+bf16 autocast is Lightning's `trainer.precision: bf16-mixed`; `channels_last` is an option here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from einops import rearrange
+
+from imagetext.images import save_grid
+from vqgan.discriminator import NLayerDiscriminator, adaptive_disc_weight, discriminator_loss, generator_loss
+from vqgan.model import VQGAN, VQGANConfig
+from vqgan.perceptual import LPIPSLoss
+from vqgan.quantize import CodebookUsage
+from vqgan.taming import from_taming
+
+
+def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for images in [-1, 1] (peak-to-peak 2), averaged over the batch."""
+    mse = (images.float() - reconstructions.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()
+
+
+class VQGANModule(pl.LightningModule):
+    """The LightningModule around a plain `VQGAN` (`self.model`) and its PatchGAN (`self.discriminator`).
+
+    Args:
+        autoencoder: the VQGAN config as nested dicts: {ddconfig: {...}, embed_dim, n_embed, quantizer: {...}}.
+        learning_rate: Adam learning rate for both optimisers, betas (0.5, 0.9) as in taming.
+        pixel_weight, perceptual_weight, codebook_weight: weights of L1, LPIPS and the quantiser loss.
+        perceptual_backbone: LPIPS's VGG16 weights: None = torchvision's cache, a file path, or "random" (tests).
+        disc_start: batches before the discriminator (and its generator loss) switch on.
+        disc_weight, disc_factor: scale of the adaptive GAN weight, and of both adversarial losses.
+        disc_loss: "hinge" or "vanilla". disc_ndf, disc_layers: PatchGAN width and depth.
+        adaptive_weight_clamp: upper bound of the adaptive weight (taming: 1e4).
+        channels_last: run the convolutions in channels_last memory format.
+        init_from_taming: {config: model.yaml, checkpoint: last.ckpt} to fine-tune a taming VQGAN
+            (its discriminator is taken over when the shapes match).
+        grid_images: how many validation images the per-epoch reconstruction grid shows.
+    """
+
+    def __init__(
+        self,
+        autoencoder: dict[str, Any],
+        learning_rate: float = 2e-4,
+        pixel_weight: float = 1.0,
+        perceptual_weight: float = 1.0,
+        perceptual_backbone: str | None = None,
+        codebook_weight: float = 1.0,
+        disc_start: int = 2000,
+        disc_weight: float = 0.8,
+        disc_factor: float = 1.0,
+        disc_loss: str = "hinge",
+        disc_ndf: int = 64,
+        disc_layers: int = 3,
+        adaptive_weight_clamp: float = 1e4,
+        channels_last: bool = False,
+        init_from_taming: dict[str, str] | None = None,
+        grid_images: int = 8,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model = VQGAN(VQGANConfig.from_dict(autoencoder))
+        self.discriminator = NLayerDiscriminator(self.model.config.ddconfig.out_ch, disc_ndf, disc_layers)
+        if init_from_taming:
+            self._load_taming(init_from_taming)
+        self.d_loss_fn = discriminator_loss(disc_loss)
+        self.perceptual = LPIPSLoss(perceptual_backbone) if perceptual_weight > 0 else None
+        self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        self.val_usage = CodebookUsage(self.model.codebook_size)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _load_taming(self, paths: dict[str, str]) -> None:
+        missing = {"config", "checkpoint"} - set(paths)
+        if missing:
+            raise ValueError(f"init_from_taming needs keys config and checkpoint; missing {sorted(missing)}")
+        taming_model, taming_disc = from_taming(paths["config"], paths["checkpoint"], keep_discriminator=True)
+        self.model.load_state_dict(taming_model.state_dict(), strict=True)
+        if taming_disc is not None:
+            self.discriminator.load_state_dict(taming_disc.state_dict(), strict=True)
+
+    def state_dict(self, *args, **kwargs):
+        # LPIPS is a frozen, separately shipped network: keep it out of our checkpoints.
+        state = super().state_dict(*args, **kwargs)
+        return {key: value for key, value in state.items() if not key.startswith("perceptual.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.perceptual is not None:
+            state_dict = {**state_dict, **{f"perceptual.{k}": v for k, v in self.perceptual.state_dict().items()}}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def configure_optimizers(self):
+        betas = (0.5, 0.9)
+        opt_g = torch.optim.Adam(self.model.parameters(), lr=self.hparams.learning_rate, betas=betas)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.learning_rate, betas=betas)
+        return [opt_g, opt_d]
+
+    def _images(self, batch: dict) -> torch.Tensor:
+        images = batch["image"]
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
+    def reconstruction_loss(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        loss = self.hparams.pixel_weight * (images - reconstructions).abs().mean()
+        if self.perceptual is not None:
+            loss = loss + self.hparams.perceptual_weight * self.perceptual(images, reconstructions)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        h = self.hparams
+        images = self._images(batch)
+        reconstructions, quantized = self.model(images)
+        rec_loss = self.reconstruction_loss(images, reconstructions)
+        disc_on = int(self.generator_steps) >= h.disc_start and h.disc_factor > 0
+
+        g_loss = torch.zeros((), device=images.device)
+        d_weight = torch.zeros((), device=images.device)
+        if disc_on:
+            g_loss = generator_loss(self.discriminator(reconstructions))
+            d_weight = h.disc_weight * adaptive_disc_weight(
+                rec_loss, g_loss, self.model.last_layer, h.adaptive_weight_clamp
+            )
+        loss = rec_loss + h.codebook_weight * quantized.loss + d_weight * h.disc_factor * g_loss
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_g.step()
+        self.generator_steps += 1
+
+        d_loss = torch.zeros((), device=images.device)
+        if disc_on:
+            logits_real = self.discriminator(images.detach())
+            logits_fake = self.discriminator(reconstructions.detach())
+            d_loss = h.disc_factor * self.d_loss_fn(logits_real, logits_fake)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+
+        self.log_dict(
+            {
+                "train/loss": loss.detach(),
+                "train/rec_loss": rec_loss.detach(),
+                "train/codebook_loss": quantized.loss.detach(),
+                "train/g_loss": g_loss.detach(),
+                "train/d_loss": d_loss.detach(),
+                "train/d_weight": d_weight,
+                "train/usage": quantized.usage,
+                "train/perplexity": quantized.perplexity,
+            },
+            prog_bar=False,
+        )
+        self.log("rec", rec_loss.detach(), prog_bar=True, logger=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_usage.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = self._images(batch)
+        reconstructions, quantized = self.model(images)
+        self.val_usage.update(quantized.codes)
+        self.log_dict(
+            {
+                "val/rec_loss": self.reconstruction_loss(images, reconstructions),
+                "val/l1": (images - reconstructions).abs().mean(),
+                "val/psnr": psnr(images, reconstructions),
+            },
+            batch_size=len(images),
+            sync_dist=True,
+        )
+        if batch_idx == 0:
+            self._save_grid(images, reconstructions)
+
+    def on_validation_epoch_end(self) -> None:
+        stats = self.val_usage.compute()
+        self.log_dict({"val/usage": stats["usage"], "val/perplexity": stats["perplexity"]}, rank_zero_only=True)
+
+    def _save_grid(self, images: torch.Tensor, reconstructions: torch.Tensor) -> None:
+        """Originals in the top row, their reconstructions below, one PNG per validation epoch."""
+        if self.trainer.sanity_checking:
+            return
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if log_dir is None or not self.trainer.is_global_zero:
+            return
+        n = min(self.hparams.grid_images, len(images))
+        pair = torch.stack([images[:n], reconstructions[:n].clamp(-1, 1)])
+        grid = rearrange(pair, "row b c h w -> (row b) c h w")
+        save_grid(grid, Path(log_dir) / "reconstructions" / f"epoch{self.current_epoch:04d}.png", nrow=n)
