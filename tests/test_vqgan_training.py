@@ -27,13 +27,11 @@ TINY = {
                        "init_args": {"save_last": True, "save_top_k": 0}}],
     },
     "model": {
-        "autoencoder": {
-            "embed_dim": 8,
-            "n_embed": 16,
-            "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8],
-                         "resolution": "${data.image_size}", "z_channels": 8},
-            "quantizer": {"ema": True, "restart_threshold": 0.5, "l2_normalize": True},
-        },
+        "embed_dim": 8,
+        "n_embed": 16,
+        "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8],
+                     "resolution": "${data.image_size}", "z_channels": 8},
+        "quantizer": {"ema": True, "restart_threshold": 0.5, "l2_normalize": True},
         "perceptual_weight": 0.0,
         "disc_start": 2,
         "disc_ndf": 8,
@@ -107,7 +105,7 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("vqgan: error:") and "use 16 or 18" in last_line
 
-    result = run_cli("fit", "-c", str(write_config(tmp_path, **{"model.autoencoder.ddconfig.chmult": [1, 2]})))
+    result = run_cli("fit", "-c", str(write_config(tmp_path, **{"model.ddconfig.chmult": [1, 2]})))
     assert result.returncode != 0
     assert "unknown key(s) chmult" in result.stderr.strip().splitlines()[-1]
 

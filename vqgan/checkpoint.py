@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from imagetext.files import atomic_path
+from vqgan.lightning import VQGANModule
 from vqgan.model import VQGAN, VQGANConfig
 
 BUNDLE_CONFIG_KEY = "vqgan_config"
@@ -36,9 +37,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
     else:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         try:
-            config = VQGANConfig.from_dict(checkpoint["hyper_parameters"]["autoencoder"])
+            config = VQGANModule.autoencoder_config(checkpoint["hyper_parameters"])
         except KeyError:
-            raise ValueError(f"{path} is not a `vqgan fit` checkpoint (no hyper_parameters.autoencoder); "
+            raise ValueError(f"{path} is not a `vqgan fit` checkpoint (no VQGAN hyperparameters); "
                              f"for a taming-transformers checkpoint use vqgan.from_taming(model.yaml, ckpt)") from None
         state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
                  if key.startswith("model.")}

@@ -36,7 +36,10 @@ class VQGANModule(pl.LightningModule):
     """The LightningModule around a plain `VQGAN` (`self.model`) and its PatchGAN (`self.discriminator`).
 
     Args:
-        autoencoder: the VQGAN config as nested dicts: {ddconfig: {...}, embed_dim, n_embed, quantizer: {...}}.
+        ddconfig: taming's encoder/decoder settings (ch, ch_mult, num_res_blocks, attn_resolutions, ...).
+        embed_dim, n_embed: code vector size and codebook size.
+        quantizer: how codes are learned (vqgan.quantize.QuantizerConfig); {} is taming's quantiser.
+            Kept apart from ddconfig so that a second `-c` file can swap just this part.
         learning_rate: Adam learning rate for both optimisers, betas (0.5, 0.9) as in taming.
         pixel_weight, perceptual_weight, codebook_weight: weights of L1, LPIPS and the quantiser loss.
         perceptual_backbone: LPIPS's VGG16 weights: None = torchvision's cache, a file path, or "random" (tests).
@@ -52,7 +55,10 @@ class VQGANModule(pl.LightningModule):
 
     def __init__(
         self,
-        autoencoder: dict[str, Any],
+        ddconfig: dict[str, Any],
+        embed_dim: int = 256,
+        n_embed: int = 1024,
+        quantizer: dict[str, Any] | None = None,
         learning_rate: float = 2e-4,
         pixel_weight: float = 1.0,
         perceptual_weight: float = 1.0,
@@ -72,7 +78,7 @@ class VQGANModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = VQGAN(VQGANConfig.from_dict(autoencoder))
+        self.model = VQGAN(self.autoencoder_config(self.hparams))
         self.discriminator = NLayerDiscriminator(self.model.config.ddconfig.out_ch, disc_ndf, disc_layers)
         if init_from_taming:
             self._load_taming(init_from_taming)
@@ -82,6 +88,12 @@ class VQGANModule(pl.LightningModule):
         self.val_usage = CodebookUsage(self.model.codebook_size)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    @staticmethod
+    def autoencoder_config(hparams: dict[str, Any]) -> VQGANConfig:
+        """The VQGAN's config from this module's hyperparameters (also those saved in a checkpoint)."""
+        return VQGANConfig.from_dict({key: hparams[key] for key in ("ddconfig", "embed_dim", "n_embed")}
+                                     | {"quantizer": hparams.get("quantizer") or {}})
 
     def _load_taming(self, paths: dict[str, str]) -> None:
         missing = {"config", "checkpoint"} - set(paths)
