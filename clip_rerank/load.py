@@ -1,0 +1,239 @@
+"""Any CLIP model as a `Scorer`: an open_clip architecture, pretrained or not, or a checkpoint trained here.
+
+    load("ViT-B-32", pretrained="openai")          open_clip architecture + pretrained tag (open_clip downloads it)
+    load("ViT-B-32", pretrained="weights.pt")      architecture + a local weights file open_clip can read
+    load("clip-tiny-32", pretrained="last.ckpt")   architecture + a Lightning checkpoint of this project
+    load("clip-tiny-32")                           bare architecture, random weights (tests, training)
+    load("configs/my-clip.json")                   a model config file in open_clip's format, random weights
+    load("runs/clip/clip.safetensors")             a checkpoint of this project, which names its own architecture
+
+The small architectures in `configs/clip_rerank/*.json` are registered with open_clip when this module
+is imported, so every name above goes through open_clip's one factory.
+
+Checkpoint format of this project (written by `save_checkpoint`):
+    a safetensors file holding the model's state_dict under open_clip's own key names, whose metadata
+    (str -> str) holds
+        "format"       = "clip_rerank/1"
+        "architecture" = the open_clip architecture name, e.g. "clip-tiny-32"
+        "model_config" = JSON of the architecture's open_clip config (embed_dim, vision_cfg, text_cfg)
+        "preprocess"   = JSON of the model's preprocessing (size, mean, std, interpolation, resize_mode, ...)
+    so it loads without `configs/clip_rerank/` and even where that name means something else. Since the
+    tensors are a plain open_clip state_dict, `load(architecture, pretrained=file)` and open_clip's own
+    `create_model(architecture, pretrained=file)` read it too.
+A Lightning checkpoint (.ckpt) of the CLIP LightningModule holds the model's state_dict under the
+prefix "model." and the same metadata dict under `checkpoint["clip_rerank"]` (put there by
+`checkpoint_metadata` in `on_save_checkpoint`). It is read with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import open_clip
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from clip_rerank.scorer import Scorer
+from imagetext.files import atomic_path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "clip_rerank"
+CHECKPOINT_FORMAT = "clip_rerank/1"
+LIGHTNING_METADATA_KEY = "clip_rerank"
+LIGHTNING_MODEL_PREFIX = "model."
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model by where it lives
+
+open_clip.add_model_config(CONFIG_DIR)
+
+
+def known_architectures() -> list[str]:
+    """Every architecture name open_clip can build, this project's small ones included."""
+    return open_clip.list_models()
+
+
+def load(spec: str | Path, *, pretrained: str | Path | None = None, device: str | torch.device = "cpu",
+         bf16: bool = False) -> Scorer:
+    """Build a frozen, eval-mode CLIP model from `spec` (see the module docstring) and wrap it in a Scorer.
+
+    `bf16` runs the encoders under bf16 autocast; weights stay float32. Errors name what to change.
+    """
+    spec = str(spec)
+    if Path(spec).suffix in CHECKPOINT_SUFFIXES:
+        if pretrained is not None:
+            raise ValueError(f"{spec} is a checkpoint with its own weights; drop pretrained={str(pretrained)!r}")
+        model, tokenizer, architecture = _from_project_checkpoint(Path(spec))
+    else:
+        architecture = _architecture_name(spec)
+        model = _create_with_weights(architecture, pretrained)
+        tokenizer = open_clip.get_tokenizer(architecture)
+    model.to(device).eval().requires_grad_(False)
+    return Scorer(model, tokenizer, architecture=architecture, bf16=bf16)
+
+
+def checkpoint_metadata(model: torch.nn.Module, architecture: str, model_config: dict | None = None) -> dict[str, str]:
+    """The metadata that makes a checkpoint self-describing (see the module docstring).
+
+    `model_config` defaults to the config open_clip has registered under `architecture`.
+    """
+    if model_config is None:
+        model_config = open_clip.get_model_config(architecture)
+        if model_config is None:
+            raise ValueError(f"architecture {architecture!r} is not registered with open_clip; pass its model_config")
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "architecture": architecture,
+        "model_config": json.dumps(model_config),
+        "preprocess": json.dumps(open_clip.get_model_preprocess_cfg(model)),
+    }
+
+
+def save_checkpoint(model: torch.nn.Module, architecture: str, path: str | Path,
+                    model_config: dict | None = None) -> Path:
+    """Write `model` as this project's safetensors checkpoint; the file appears complete or not at all."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"CLIP checkpoints are safetensors files; name it {path.with_suffix('.safetensors')}")
+    # safetensors refuses tensors that share memory (tied weights); each entry gets its own copy.
+    state_dict = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        save_file(state_dict, str(temporary), metadata=checkpoint_metadata(model, architecture, model_config))
+    return path
+
+
+def _architecture_name(spec: str) -> str:
+    """Resolve `spec` to an architecture name open_clip knows; a .json config file is registered first."""
+    if spec.startswith(OPEN_CLIP_SCHEMAS):
+        return spec
+    if spec.endswith(".json"):
+        config_file = Path(spec)
+        if not config_file.is_file():
+            raise FileNotFoundError(f"no CLIP model config at {spec}; give an existing open_clip-style .json file")
+        open_clip.add_model_config(config_file)
+        if open_clip.get_model_config(config_file.stem) is None:
+            raise ValueError(f"{spec} is not an open_clip model config: it needs embed_dim, vision_cfg and text_cfg")
+        return config_file.stem
+    name = spec.replace("/", "-")  # open_clip spells ViT-B/32 as ViT-B-32
+    if name not in known_architectures():
+        ours = sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
+        raise ValueError(
+            f"unknown CLIP architecture {spec!r}; use one of {', '.join(ours + ['ViT-B-32', 'ViT-B-16', 'RN50'])} "
+            f"(all: open_clip.list_models()), a model config .json, or a {'/'.join(CHECKPOINT_SUFFIXES)} checkpoint"
+        )
+    return name
+
+
+def _create_with_weights(architecture: str, pretrained: str | Path | None) -> torch.nn.Module:
+    if pretrained is None:
+        return open_clip.create_model(architecture)
+    pretrained_path = Path(pretrained)
+    if pretrained_path.is_file() and pretrained_path.suffix == ".ckpt":
+        _, state_dict = _read_lightning_checkpoint(pretrained_path)
+        with _quiet_random_init_warning():
+            model = open_clip.create_model(architecture)
+        _load_weights(model, state_dict, pretrained_path, architecture)
+        return model
+    if pretrained_path.is_file():  # open_clip reads it, converting other CLIP layouts (OpenAI, timm) on the way
+        try:
+            return open_clip.create_model(architecture, pretrained=str(pretrained_path))
+        except (RuntimeError, AssertionError) as error:  # open_clip reports some mismatches by assert
+            raise _does_not_fit(pretrained_path, architecture, error) from error
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if str(pretrained) in tags:
+        return open_clip.create_model(architecture, pretrained=str(pretrained))  # downloads on first use
+    if pretrained_path.suffix or len(pretrained_path.parts) > 1:
+        raise FileNotFoundError(f"no CLIP weights file at {pretrained}; check the path")
+    raise ValueError(
+        f"unknown pretrained tag {str(pretrained)!r} for {architecture}; "
+        f"use one of {', '.join(tags) if tags else '(none exist for it)'} or a path to a weights file"
+    )
+
+
+def _from_project_checkpoint(path: Path) -> tuple[torch.nn.Module, open_clip.SimpleTokenizer, str]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no CLIP checkpoint at {path}; give an existing .safetensors/.ckpt file or an architecture name "
+            f"such as clip-tiny-32 or ViT-B-32"
+        )
+    if path.suffix == ".safetensors":
+        metadata, state_dict = _read_safetensors_checkpoint(path)
+    else:
+        metadata, state_dict = _read_lightning_checkpoint(path)
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} does not say which architecture it holds (no {CHECKPOINT_FORMAT} metadata); "
+            f"load it as load(ARCHITECTURE, pretrained={str(path)!r})"
+        )
+    model, tokenizer = _create_from_config(json.loads(metadata["model_config"]), json.loads(metadata["preprocess"]))
+    _load_weights(model, state_dict, path, metadata["architecture"])
+    return model, tokenizer, metadata["architecture"]
+
+
+def _create_from_config(model_config: dict, preprocess: dict) -> tuple[torch.nn.Module, open_clip.SimpleTokenizer]:
+    """Build an architecture from its config alone, without touching open_clip's registry of names.
+
+    open_clip builds any model from a folder holding `open_clip_config.json` (its `local-dir:` schema),
+    so the checkpoint's config is laid out as such a folder for the moment of building.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        config = {"model_cfg": model_config, "preprocess_cfg": preprocess}
+        (Path(folder) / "open_clip_config.json").write_text(json.dumps(config))
+        with _quiet_random_init_warning():
+            model = open_clip.create_model(f"local-dir:{folder}")
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    return model, tokenizer
+
+
+def _read_safetensors_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    with safe_open(str(path), framework="pt", device="cpu") as file:
+        return file.metadata() or {}, {name: file.get_tensor(name) for name in file.keys()}
+
+
+def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds Python objects beyond tensors and plain containers and is not unpickled; "
+            f"export the weights with clip_rerank.load.save_checkpoint"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); use a .safetensors checkpoint")
+    state_dict = {
+        name.removeprefix(LIGHTNING_MODEL_PREFIX): tensor
+        for name, tensor in checkpoint["state_dict"].items()
+        if name.startswith(LIGHTNING_MODEL_PREFIX)
+    }
+    return checkpoint.get(LIGHTNING_METADATA_KEY, {}), state_dict
+
+
+def _load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path, architecture: str) -> None:
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise _does_not_fit(source, architecture, error) from error
+
+
+def _does_not_fit(source: Path, architecture: str, error: Exception) -> ValueError:
+    """torch lists every mismatched tensor on a line of its own, after a heading; keep the first two."""
+    lines = str(error).splitlines()
+    mismatches = " ".join(line.strip() for line in lines[1:3] or lines)
+    return ValueError(f"{source} does not fit architecture {architecture} ({mismatches[:300]}); "
+                      f"load it with the architecture it was trained as")
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """Hide open_clip's 'initialized randomly' warning (sent to the root logger) when weights follow at once."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
