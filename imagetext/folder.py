@@ -33,7 +33,7 @@ class ImageCaptionFolder(Dataset):
     """Every image under `root` that has captions, sized to `image_size`×`image_size`.
 
     caption_choice: "random" picks one caption line per access (training), "first" the first line
-    (evaluation; `captions(i)` returns them all). Items: {"image", "caption", "path", "skipped"}.
+    (evaluation). Items: {"image", "caption", "captions" (every line), "path", "skipped"}.
     """
 
     def __init__(
@@ -108,5 +108,6 @@ class ImageCaptionFolder(Dataset):
             else:
                 caption = captions[0]
             # Only the drawn index's own failure is reported: its stand-ins are counted when they are drawn.
-            return {"image": image, "caption": caption, "path": str(path), "skipped": skipped[:1]}
+            return {"image": image, "caption": caption, "captions": list(captions), "path": str(path),
+                    "skipped": skipped[:1]}
         raise OSError(f"no image under {self.root} could be read; check the files or the folder path")

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from vqgan_clip import data_commands, demo
+from vqgan_clip import data_commands, demo, tokenize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--size", type=int, default=32, help="with src=shapes: image side")
     shard.add_argument("--seed", type=int, default=0, help="with src=shapes: seed")
     shard.set_defaults(run=data_commands.write_shards)
+
+    tok = commands.add_parser("tokenize", help="encode a dataset once into VQGAN code shards for the GPT prior")
+    tok.add_argument("--vqgan", required=True, help="VQGAN checkpoint (.ckpt from `vqgan fit`, or .safetensors bundle)")
+    tok.add_argument("--data", required=True, help="an image–caption folder, or a YAML config with a data: block")
+    tok.add_argument("--out", required=True, help="output folder for the code shards")
+    tok.add_argument("--image-size", type=int, default=None, help="default: the VQGAN's training resolution")
+    tok.add_argument("--batch-size", type=int, default=64)
+    tok.add_argument("--shard-size", type=int, default=4096, help="code grids per shard (default 4096)")
+    tok.add_argument("--num-workers", type=int, default=0)
+    tok.add_argument("--device", default="cpu")
+    tok.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
+    tok.set_defaults(run=tokenize.run)
 
     demo_parser = commands.add_parser("demo", help="run the whole pipeline on the shapes set (what `make demo` runs)")
     demo_parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")

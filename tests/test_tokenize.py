@@ -1,0 +1,71 @@
+"""`vqgan-clip tokenize`: code shards from a VQGAN bundle, their manifest, resume, and bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vqgan
+from imagetext.datamodule import ImageTextDataModule
+from imagetext.code_shards import read_code_shard, read_manifest
+from imagetext.shapes import write_shapes_folder
+from vqgan_clip.cli import main
+
+TINY_VQGAN = {
+    "embed_dim": 8,
+    "n_embed": 32,
+    "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "resolution": 16, "z_channels": 8},
+}
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    torch.manual_seed(0)
+    return vqgan.export_bundle(vqgan.VQGAN(TINY_VQGAN), tmp_path / "tiny.safetensors")
+
+
+def test_folder_to_code_shards_with_manifest(tmp_path, bundle):
+    folder = write_shapes_folder(tmp_path / "shapes", n=20, image_size=16)
+    out = tmp_path / "codes"
+    main(["tokenize", "--vqgan", str(bundle), "--data", str(folder), "--out", str(out), "--shard-size", "8", "--batch-size", "5"])
+    manifest = read_manifest(out)
+    assert manifest["grid"] == [8, 8] and manifest["codebook_size"] == 32 and manifest["image_size"] == 16
+    assert manifest["splits"]["train"]["n"] + manifest["splits"]["val"]["n"] == 20
+    assert [s["n"] for s in manifest["splits"]["train"]["shards"]] == [8, 8, 3]
+    codes, captions = read_code_shard(out / manifest["splits"]["train"]["shards"][0]["file"])
+    assert codes.shape == (8, 8, 8) and codes.dtype == torch.long and len(captions) == 8
+
+    # the codes are the model's codes of the training split's images, in order, with their captions
+    data = ImageTextDataModule(source="folder", path=str(folder), image_size=16)
+    data.setup("fit")
+    items = [data.train_set[i] for i in range(8)]
+    expected = vqgan.load(bundle).encode_codes(torch.stack([item["image"] for item in items]))
+    assert torch.equal(codes, expected)
+    assert captions == [item["captions"] for item in items]
+
+
+def test_resume_keeps_finished_shards(tmp_path, bundle):
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  source: shapes\n  n_train: 12\n  n_val: 4\n")
+    out = tmp_path / "codes"
+    args = ["tokenize", "--vqgan", str(bundle), "--data", str(config), "--out", str(out), "--shard-size", "5"]
+    main(args)
+    first = out / "train" / "codes-000000.safetensors"
+    stamp = first.stat().st_mtime_ns
+    (out / "train" / "codes-000002.safetensors").unlink()  # as if interrupted before the last shard
+    (out / "manifest.json").unlink()
+    main(args)
+    assert first.stat().st_mtime_ns == stamp
+    manifest = read_manifest(out)
+    assert [s["n"] for s in manifest["splits"]["train"]["shards"]] == [5, 5, 2]
+    codes, captions = read_code_shard(out / "train" / "codes-000002.safetensors")
+    assert len(codes) == 2 and captions[0][0].startswith("a ")
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path, bundle):
+    result = subprocess.run([sys.executable, "-m", "vqgan_clip", "tokenize", "--vqgan", str(tmp_path / "none.ckpt"),
+                             "--data", str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert result.returncode != 0 and "VQGAN checkpoint" in result.stderr and result.stderr.count("\n") == 1
+    with pytest.raises(FileNotFoundError, match="not a finished code-shard folder"):
+        read_manifest(tmp_path / "o")

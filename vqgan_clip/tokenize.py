@@ -1,0 +1,97 @@
+"""`vqgan-clip tokenize`: encode a dataset's train and val images once into code shards for the GPT prior."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from tqdm import tqdm
+
+import vqgan
+from imagetext.code_shards import shard_path, write_code_shard, write_manifest
+from imagetext.datamodule import ImageTextDataModule, collate_image_text
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_module_for(data: str, image_size: int, batch_size: int, num_workers: int) -> ImageTextDataModule:
+    """A folder path, or a YAML file with a `data:` block (any stage's config) or a bare data block."""
+    path = Path(data)
+    if path.is_dir():
+        settings = {"source": "folder", "path": str(path)}
+    elif path.is_file() and path.suffix in (".yaml", ".yml"):
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        settings = dict(config.get("data", config))
+    else:
+        raise FileNotFoundError(f"--data {data} is neither a folder of image–caption pairs nor a YAML config")
+    settings.update(image_size=image_size, batch_size=batch_size, num_workers=num_workers, random_crop=False)
+    module = ImageTextDataModule(**settings)
+    module.setup("fit")
+    return module
+
+
+def encode_split(model, dataset: Dataset, out: Path, split: str, shard_size: int, batch_size: int,
+                 num_workers: int, bf16: bool) -> list[dict]:
+    """Encode `dataset` in order into shards of `shard_size` items.
+
+    Resume: complete shards already on disk are kept and their items skipped (an iterable dataset,
+    which cannot skip, is encoded again from its start).
+    """
+    device = next(model.parameters()).device
+    iterable = isinstance(dataset, IterableDataset)
+    done = 0
+    while not iterable and shard_path(out, split, done).is_file() and (done + 1) * shard_size <= len(dataset):
+        done += 1
+    shards = [{"file": shard_path(out, split, i).relative_to(out).as_posix(), "n": shard_size} for i in range(done)]
+    source = dataset if iterable else Subset(dataset, range(done * shard_size, len(dataset)))
+    pending_codes: list[torch.Tensor] = []
+    pending_captions: list[list[str]] = []
+
+    def flush(n: int) -> None:
+        path = write_code_shard(shard_path(out, split, len(shards)), torch.stack(pending_codes[:n]), pending_captions[:n])
+        shards.append({"file": path.relative_to(out).as_posix(), "n": n})
+        del pending_codes[:n], pending_captions[:n]
+
+    loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text)
+    with tqdm(total=None if iterable else len(dataset), initial=done * shard_size, desc=f"tokenize {split}", unit="img") as bar:
+        for batch in loader:
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pending_codes += list(model.encode_codes(batch["image"].to(device)).cpu())
+            pending_captions += batch["captions"] if "captions" in batch else [[c] for c in batch["caption"]]
+            while len(pending_codes) >= shard_size:
+                flush(shard_size)
+            bar.update(len(batch["image"]))
+    if pending_codes:
+        flush(len(pending_codes))
+    return shards
+
+
+def run(args: argparse.Namespace) -> None:
+    model = vqgan.load(args.vqgan, map_location=args.device)
+    image_size = args.image_size or model.config.ddconfig.resolution
+    grid = model.code_grid_shape(image_size, image_size)
+    data = data_module_for(args.data, image_size, args.batch_size, args.num_workers)
+    out = Path(args.out)
+    splits = {}
+    for split, dataset in (("train", data.train_set), ("val", data.val_set)):
+        shards = encode_split(model, dataset, out, split, args.shard_size, args.batch_size, args.num_workers, args.bf16)
+        splits[split] = {"n": sum(s["n"] for s in shards), "shards": shards}
+    manifest = write_manifest(out, {
+        "vqgan": str(Path(args.vqgan).resolve()),
+        "vqgan_sha256": file_sha256(args.vqgan),
+        "codebook_size": model.codebook_size,
+        "grid": list(grid),
+        "image_size": image_size,
+        "data": str(args.data),
+        "splits": splits,
+    })
+    print(f"wrote {splits['train']['n']} train and {splits['val']['n']} val code grids {grid[0]}×{grid[1]} to {out} ({manifest.name})")
