@@ -134,6 +134,7 @@ class VQGANModule(pl.LightningModule):
         opt_g, opt_d = self.optimizers()
         h = self.hparams
         images = self._images(batch)
+        self.toggle_optimizer(opt_g)  # the discriminator's weights need no gradients in this backward
         reconstructions, quantized = self.model(images)
         rec_loss = self.reconstruction_loss(images, reconstructions)
         disc_on = int(self.generator_steps) >= h.disc_start and h.disc_factor > 0
@@ -149,6 +150,7 @@ class VQGANModule(pl.LightningModule):
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_g.step()
+        self.untoggle_optimizer(opt_g)
         self.generator_steps += 1
 
         d_loss = torch.zeros((), device=images.device)
