@@ -1,6 +1,8 @@
-"""`gpt-prior`: the stage's LightningCLI (fit / validate / test with YAML configs)."""
-import sys
+"""`gpt-prior fit|validate|test -c configs/gpt_prior/shapes.yaml`: the GPT prior stage's LightningCLI."""
+from gpt_prior.data import CodeShardDataModule
+from gpt_prior.lightning import GPTPriorModule
+from imagetext.training import run_stage_cli
 
 
-def main(argv: list[str] | None = None) -> None:
-    sys.exit("gpt-prior: this stage is not built yet")
+def main(args: list[str] | None = None) -> None:
+    run_stage_cli("gpt-prior", GPTPriorModule, CodeShardDataModule, args=args)

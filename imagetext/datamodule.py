@@ -169,7 +169,12 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_set, shuffle=True)
+        loader = self._loader(self.train_set, shuffle=True)
+        # Lightning sets the epoch at each epoch start, but on resume it starts the first epoch's workers
+        # before that (Lightning issue #21938): set it here too, so they draw the resumed epoch's order.
+        if isinstance(loader.sampler, EpochShuffle):
+            loader.sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import torch
@@ -13,14 +12,7 @@ from tqdm import tqdm
 import vqgan
 from imagetext.code_shards import shard_path, write_code_shard, write_manifest
 from imagetext.datamodule import ImageTextDataModule, collate_image_text
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from imagetext.files import file_sha256
 
 
 def data_module_for(data: str, image_size: int, batch_size: int, num_workers: int) -> ImageTextDataModule:

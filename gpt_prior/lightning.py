@@ -1,0 +1,191 @@
+"""Training the GPT prior with Lightning on code shards: caption BPE, condition dropout, AdamW + warmup/cosine.
+
+Building the module reads the code-shard manifest (grid, codebook size, which VQGAN made the codes)
+and trains the caption BPE on the training captions, because the model's text vocabulary is the
+tokenizer's size. Every checkpoint carries what generation needs besides the weights: the
+GPTConfig, the tokenizer JSON and the VQGAN's path + sha256 (`gpt_prior.load` reads them back).
+
+Gradient clipping is `trainer.gradient_clip_val` and bf16 autocast is `trainer.precision: bf16-mixed`:
+Lightning does both. The learning rate warms up linearly, then follows a cosine down to
+`min_lr_ratio` of its peak at the trainer's last step, updated every optimiser step.
+
+The schedule learns the trainer's step count in `on_train_start`, not in `configure_optimizers`:
+asking for `trainer.estimated_stepping_batches` there makes Lightning build the training loader
+before a resumed run has restored its epoch, and worker processes would then draw the first
+resumed epoch with epoch 0's order (Lightning issues #20550, #21938).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from gpt_prior.data import keyed_generator, read_split
+from gpt_prior.model import ADAMW_BETAS, GPT, GPTConfig, GPTOutput
+from gpt_prior.tokenizer import FILE_NAME as TOKENIZER_FILE
+from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
+from imagetext.code_shards import read_manifest
+
+CHECKPOINT_KEY = "gpt_prior"  # checkpoint["gpt_prior"] = {config, tokenizer, vqgan, vqgan_sha256}
+
+
+def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:
+    """Condition dropout: each caption becomes "" (the unconditional prompt) with probability p."""
+    keep = torch.rand(len(captions), generator=generator) >= p
+    return [caption if kept else "" for caption, kept in zip(captions, keep.tolist())]
+
+
+class WarmupCosine:
+    """Learning-rate factor of optimiser step `step`: 1/warmup … 1 over `warmup_steps`, then a cosine
+    from 1 down to `min_ratio` at `total_steps` (set once the trainer knows it).
+
+    An object rather than a closure, so that LambdaLR stores its settings in the checkpoint.
+    """
+
+    def __init__(self, warmup_steps: int, min_ratio: float, total_steps: int | None = None):
+        self.warmup_steps, self.min_ratio, self.total_steps = warmup_steps, min_ratio, total_steps
+
+    def __call__(self, step: int) -> float:
+        if step <= self.warmup_steps:  # the ramp; the cosine starts at 1 on step warmup_steps, before it needs total_steps
+            return min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.total_steps is None:
+            raise RuntimeError("WarmupCosine.total_steps is unset: GPTPriorModule sets it in on_train_start")
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class GPTPriorModule(pl.LightningModule):
+    """The LightningModule around a plain `GPT` (`self.model`) and its caption tokenizer (`self.tokenizer`).
+
+    Args:
+        codes: the `vqgan-clip tokenize` output folder (the same as data.codes): its manifest gives
+            the code grid, the codebook size and the VQGAN, its training captions the BPE.
+        text_len: caption ids per sample (tokens, <eot>, padding); longer captions are cut, with a warning.
+        vocab_size: the most BPE ids to learn; a small caption set stops below it.
+        tokenizer: a tokenizer.json (or a run folder holding one) to use instead of learning a BPE,
+            e.g. to train several priors on one vocabulary; vocab_size is then unused.
+        n_layer, n_head, n_embd, dropout: the transformer's size (gpt_prior.model.GPTConfig).
+        text_loss_weight, image_loss_weight: DALL·E's 1 : 7 weighting of caption and code cross-entropy.
+        condition_dropout: probability that a training caption is replaced by "" (for classifier-free guidance).
+        condition_dropout_seed: seeds those draws, keyed by (epoch, batch, rank), so a resumed run repeats them.
+        learning_rate: AdamW peak rate, betas (0.9, 0.95).
+        weight_decay: AdamW decay of the Linear matrices (none on embeddings, norms and biases).
+        warmup_steps: optimiser steps of linear warmup.
+        min_lr_ratio: the cosine ends at min_lr_ratio × learning_rate on the trainer's last step.
+    """
+
+    def __init__(
+        self,
+        codes: str,
+        text_len: int = 32,
+        vocab_size: int = 1024,
+        tokenizer: str | None = None,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 256,
+        dropout: float = 0.0,
+        text_loss_weight: float = 1.0,
+        image_loss_weight: float = 7.0,
+        condition_dropout: float = 0.1,
+        condition_dropout_seed: int = 0,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0.0 <= condition_dropout <= 1.0:
+            raise ValueError(f"model.condition_dropout is a probability in [0, 1], got {condition_dropout}")
+        if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1]; got {warmup_steps}, {min_lr_ratio}")
+        manifest = read_manifest(codes)
+        _, train_captions = read_split(codes, "train")
+        caption_lines = [line for lines in train_captions for line in lines]
+        self.tokenizer = TextTokenizer.load(tokenizer) if tokenizer else train_tokenizer(caption_lines, vocab_size)
+        # Encode every training caption once, only for the tokenizer's one warning that counts those
+        # longer than text_len; the per-batch encodes below then stay quiet.
+        self.tokenizer.encode_batch(caption_lines, text_len)
+        self.vqgan_reference = {"vqgan": manifest["vqgan"], "vqgan_sha256": manifest["vqgan_sha256"]}
+        self.model = GPT(GPTConfig(
+            text_vocab_size=self.tokenizer.vocab_size,
+            text_len=text_len,
+            image_vocab_size=manifest["codebook_size"],
+            image_grid=tuple(manifest["grid"]),
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            dropout=dropout,
+            text_loss_weight=text_loss_weight,
+            image_loss_weight=image_loss_weight,
+            text_pad_id=self.tokenizer.pad_id,
+        ))
+
+    def setup(self, stage: str) -> None:
+        # Each DDP rank built its own BPE in __init__, and the `tokenizers` trainer numbers some tokens in
+        # hash-map order, so ranks can disagree on the ids: all of them take rank 0's tokenizer.
+        self.tokenizer = TextTokenizer.from_json(self.trainer.strategy.broadcast(self.tokenizer.to_json(), src=0))
+
+    def configure_optimizers(self) -> dict:
+        h = self.hparams
+        optimizer = torch.optim.AdamW(self.model.param_groups(h.weight_decay), lr=h.learning_rate, betas=ADAMW_BETAS)
+        schedule = WarmupCosine(h.warmup_steps, h.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+    def text_tokens(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions → LongTensor [B, text_len] on the module's device (truncation was reported at build time)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return self.tokenizer.encode_batch(captions, self.hparams.text_len).to(self.device)
+
+    def _loss(self, captions: Sequence[str], codes: torch.Tensor, stage: str) -> GPTOutput:
+        out = self.model(self.text_tokens(captions), codes)
+        self.log_dict(
+            {f"{stage}/loss": out.loss, f"{stage}/loss_text": out.loss_text, f"{stage}/loss_img": out.loss_img},
+            batch_size=len(captions),
+            sync_dist=stage == "val",
+        )
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Keyed by batch rather than by global_step, so batches accumulated into one step draw apart.
+        generator = keyed_generator(self.hparams.condition_dropout_seed, self.current_epoch, batch_idx, self.global_rank)
+        captions = drop_captions(batch["caption"], self.hparams.condition_dropout, generator)
+        out = self._loss(captions, batch["codes"], "train")
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._loss(batch["caption"], batch["codes"], "val")
+
+    def on_train_start(self) -> None:
+        total_steps = self.trainer.estimated_stepping_batches  # the training loader exists by now, with its right epoch
+        if not math.isfinite(total_steps):
+            raise ValueError("the cosine schedule needs an end: set trainer.max_epochs or trainer.max_steps")
+        self.lr_schedulers().lr_lambdas[0].total_steps = int(total_steps)
+        # Written after a resume has restored the checkpoint's tokenizer (on_load_checkpoint): the file matches the weights.
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if log_dir is not None and self.trainer.is_global_zero:
+            self.tokenizer.save(Path(log_dir) / TOKENIZER_FILE)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        config = asdict(self.model.config)
+        config["image_grid"] = list(config["image_grid"])  # plain types only: read back with weights_only=True
+        checkpoint[CHECKPOINT_KEY] = {"config": config, "tokenizer": self.tokenizer.to_json(), **self.vqgan_reference}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming: the weights go with the tokenizer they were trained with.
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            raise ValueError("this checkpoint has no GPT prior tokenizer: resume from a checkpoint of `gpt-prior fit`")
+        tokenizer = TextTokenizer.from_json(saved["tokenizer"])
+        if tokenizer.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"the checkpoint's tokenizer has {tokenizer.vocab_size} ids, this run's {self.tokenizer.vocab_size}: "
+                             f"resume with the codes folder and vocab_size the checkpoint was trained with")
+        self.tokenizer = tokenizer

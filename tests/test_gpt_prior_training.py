@@ -1,0 +1,270 @@
+"""`gpt-prior fit` on a tiny code-shard folder: data, logs, the checkpoint bundle, sampling, exact resume, errors."""
+import csv
+import hashlib
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import gpt_prior
+from gpt_prior.checkpoint import resolve_vqgan
+from gpt_prior.cli import main
+from gpt_prior.data import CodeShardDataModule, keyed_generator
+from gpt_prior.lightning import GPTPriorModule, WarmupCosine, drop_captions
+from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
+from imagetext.shapes import scene_at
+
+GRID = (4, 4)
+CODEBOOK = 16
+N_TRAIN, N_VAL, SHARD_SIZE = 32, 8, 12  # train: shards of 12, 12, 8 items
+LEARNING_RATE = 3e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: every op is dispatch overhead, and two OpenMP threads on 2 busy cores spin-wait on each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def item_captions(index: int) -> list[str]:
+    """Two caption lines per item, as a caption folder with several lines per image gives."""
+    caption = scene_at(0, index, 32).caption
+    return [caption, f"{caption} on black"]
+
+
+def make_code_folder(folder: Path) -> Path:
+    """A finished `vqgan-clip tokenize` output: random codes, shapes captions, a dummy VQGAN file."""
+    folder.mkdir(parents=True)
+    vqgan = folder / "vqgan.ckpt"
+    vqgan.write_bytes(b"stand-in for VQGAN weights")
+    generator = torch.Generator().manual_seed(0)
+    splits, first_index = {}, 0
+    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
+        shards = []
+        for start in range(0, n, SHARD_SIZE):
+            count = min(SHARD_SIZE, n - start)
+            codes = torch.randint(0, CODEBOOK, (count, *GRID), generator=generator)
+            captions = [item_captions(first_index + start + i) for i in range(count)]
+            path = write_code_shard(shard_path(folder, split, len(shards)), codes, captions)
+            shards.append({"file": path.relative_to(folder).as_posix(), "n": count})
+        splits[split] = {"n": n, "shards": shards}
+        first_index += n
+    write_manifest(folder, {
+        "vqgan": str(vqgan),
+        "vqgan_sha256": hashlib.sha256(vqgan.read_bytes()).hexdigest(),
+        "codebook_size": CODEBOOK,
+        "grid": list(GRID),
+        "image_size": 16,
+        "data": "test",
+        "splits": splits,
+    })
+    return folder
+
+
+def write_config(tmp_path: Path, codes: Path, name: str = "tiny.yaml", callbacks: tuple[dict, ...] = (), num_workers: int = 0,
+                 **model) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "limit_val_batches": 1,
+            "log_every_n_steps": 1,
+            "accelerator": "cpu",
+            "devices": 1,
+            "gradient_clip_val": 1.0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "logs"}},
+            "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                           "init_args": {"save_last": True, "save_top_k": 0}}, *callbacks],
+        },
+        "model": {"codes": "${data.codes}", "text_len": 24, "vocab_size": 256, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                  "learning_rate": LEARNING_RATE, "warmup_steps": 2, "min_lr_ratio": 0.1, **model},
+        "data": {"codes": str(codes), "batch_size": 8, "num_workers": num_workers},
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict:
+    """One `gpt-prior fit` of 4 steps, shared by the tests that read its outputs."""
+    tmp_path = tmp_path_factory.mktemp("fit")
+    codes = make_code_folder(tmp_path / "codes")
+    main(["fit", "-c", str(write_config(tmp_path, codes))])
+    run = tmp_path / "logs" / "version_0"
+    return {"codes": codes, "run": run, "checkpoint": run / "checkpoints" / "last.ckpt"}
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_code_shard_batches_and_caption_draws(tmp_path):
+    codes_folder = make_code_folder(tmp_path / "codes")
+    data = CodeShardDataModule(str(codes_folder), batch_size=N_TRAIN, seed=3)
+    data.setup("fit")
+    shard_codes, shard_captions = read_code_shard(codes_folder / "train" / "codes-000001.safetensors")
+    assert torch.equal(data.train_set.codes[SHARD_SIZE:2 * SHARD_SIZE].long(), shard_codes)  # shards in order
+
+    val = next(iter(data.val_dataloader()))
+    assert val["codes"].dtype == torch.long and val["codes"].shape == (N_VAL, *GRID)
+    assert val["caption"] == [item_captions(N_TRAIN + i)[0] for i in range(N_VAL)]  # val: the first line
+
+    def epoch_batch(epoch: int) -> dict:
+        data.train_set.set_epoch(epoch)
+        loader = data.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))
+
+    first, again, second = epoch_batch(0), epoch_batch(0), epoch_batch(1)
+    assert torch.equal(first["codes"], again["codes"]) and first["caption"] == again["caption"]  # a function of (seed, epoch)
+    order = [data.train_set.codes.long().flatten(1).eq(row.flatten()).all(1).nonzero().item() for row in first["codes"]]
+    assert sorted(order) == list(range(N_TRAIN)) and order != list(range(N_TRAIN))  # one shuffled pass
+    for index, caption in zip(order, first["caption"]):
+        assert caption in item_captions(index)
+    assert len(set(first["caption"]) - {item_captions(i)[0] for i in range(N_TRAIN)}) > 0  # second lines are drawn too
+    assert first["caption"] != second["caption"]  # new order and new draws next epoch
+
+
+def test_condition_dropout_replaces_captions():
+    captions = [f"caption {i}" for i in range(200)]
+    assert drop_captions(captions, 1.0, keyed_generator(0, 0)) == [""] * 200
+    assert drop_captions(captions, 0.0, keyed_generator(0, 0)) == captions
+    dropped = drop_captions(captions, 0.1, keyed_generator(0, 5))
+    assert dropped == drop_captions(captions, 0.1, keyed_generator(0, 5))  # the keys fix the draw
+    assert dropped != drop_captions(captions, 0.1, keyed_generator(0, 6))
+    n_dropped = dropped.count("")
+    assert 5 <= n_dropped <= 40 and all(d in ("", c) for d, c in zip(dropped, captions))
+
+
+def test_warmup_then_cosine_to_the_floor():
+    schedule = WarmupCosine(warmup_steps=4, min_ratio=0.1)
+    assert [schedule(step) for step in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]  # the ramp needs no end
+    schedule.total_steps = 20
+    factors = [schedule(step) for step in range(25)]
+    assert all(a > b for a, b in zip(factors[4:20], factors[5:21]))
+    assert factors[12] == pytest.approx(0.55) and factors[20:] == pytest.approx([0.1] * 5)
+    assert WarmupCosine(warmup_steps=0, min_ratio=0.1)(0) == 1.0
+
+
+# ---------------------------------------------------------------- fit, checkpoint, sampling
+
+
+def test_fit_logs_both_losses_and_follows_the_schedule(fitted):
+    rows = metrics(fitted["run"])
+    logged = {key for row in rows for key, value in row.items() if value}
+    assert {"train/loss", "train/loss_text", "train/loss_img", "val/loss", "val/loss_text", "val/loss_img"} <= logged
+    losses = [row for row in rows if row.get("train/loss")]
+    for row in losses:
+        expected = (float(row["train/loss_text"]) + 7 * float(row["train/loss_img"])) / 8
+        assert float(row["train/loss"]) == pytest.approx(expected, rel=1e-4)
+    # 4 steps: warmup 2 (½, 1), then the cosine from 1 down towards 0.1 at the last step
+    lrs = [float(row["train/lr"]) for row in losses]
+    assert lrs == pytest.approx([LEARNING_RATE * f for f in (0.5, 1.0, 1.0, 0.55)])
+
+
+def test_checkpoint_alone_loads_and_samples(fitted):
+    bundle = gpt_prior.load(fitted["checkpoint"])
+    assert not bundle.model.training
+    assert bundle.config.image_grid == GRID and bundle.config.image_vocab_size == CODEBOOK
+    assert bundle.config.text_vocab_size == bundle.tokenizer.vocab_size
+    assert bundle.vqgan_path == str(fitted["codes"] / "vqgan.ckpt")
+    # the run folder's tokenizer.json is the checkpoint's
+    assert (fitted["run"] / "tokenizer.json").read_text() == bundle.tokenizer.to_json()
+    state = torch.load(fitted["checkpoint"], weights_only=True)["state_dict"]
+    assert torch.equal(bundle.model.image_head.weight, state["model.image_head.weight"])
+
+    prompts = bundle.text_tokens(["a small red circle", "a large blue square above a small green triangle"])
+    codes = gpt_prior.sample(bundle.model, prompts, 3, top_k=8, cfg_scale=2.0, empty_text_tokens=bundle.text_tokens([""]),
+                             generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (6, *GRID) and codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < CODEBOOK
+
+
+def test_missing_vqgan_is_a_clear_error_naming_the_path(fitted, tmp_path):
+    bundle = gpt_prior.load(fitted["checkpoint"])
+    vqgan = Path(bundle.vqgan_path)
+    assert resolve_vqgan(bundle) == vqgan
+
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"another VQGAN")
+    with pytest.warns(UserWarning, match="sha256"):
+        assert resolve_vqgan(bundle, override=other) == other
+
+    moved = tmp_path / "moved.ckpt"
+    vqgan.rename(moved)
+    try:
+        with pytest.raises(FileNotFoundError) as error:
+            resolve_vqgan(bundle)
+        message = str(error.value)
+        assert str(vqgan) in message and "--vqgan" in message and "\n" not in message
+    finally:
+        moved.rename(vqgan)
+
+
+def test_resume_continues_exactly(tmp_path):
+    # With a loader worker: Lightning builds a resumed run's first loader early, and a worker draws its
+    # first indices when it starts, so a shuffle or caption draw that missed the resumed epoch would show.
+    codes = make_code_folder(tmp_path / "codes")
+    main(["fit", "-c", str(write_config(tmp_path, codes, num_workers=1)), "--trainer.max_epochs", "2"])
+    straight_run = tmp_path / "logs" / "version_0"
+    straight = torch.load(straight_run / "checkpoints" / "last.ckpt", weights_only=True)
+
+    # The same 2-epoch run, interrupted after its first epoch (early stopping fires at once) and resumed.
+    # Both halves reuse the straight run's tokenizer: BPE training is not reproducible (see the report).
+    tokenizer = str(straight_run / "tokenizer.json")
+    stop_now = {"class_path": "pytorch_lightning.callbacks.EarlyStopping",
+                "init_args": {"monitor": "val/loss", "stopping_threshold": 1.0e9}}
+    interrupted = write_config(tmp_path, codes, "interrupted.yaml", callbacks=(stop_now,), num_workers=1, tokenizer=tokenizer)
+    main(["fit", "-c", str(interrupted), "--trainer.max_epochs", "2"])
+    first_half = torch.load(tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first_half["global_step"] == 4
+
+    resumed_config = write_config(tmp_path, codes, "resumed.yaml", num_workers=1, tokenizer=tokenizer)
+    main(["fit", "-c", str(resumed_config), "--trainer.max_epochs", "2",
+          "--ckpt_path", str(tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt")])
+    resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+
+    assert resumed["global_step"] == straight["global_step"] == 8
+    assert resumed["gpt_prior"] == straight["gpt_prior"]
+    assert resumed["lr_schedulers"][0]["last_epoch"] == straight["lr_schedulers"][0]["last_epoch"]
+    for key, value in straight["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][key], value, atol=1e-6), key
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_long_captions_are_counted_in_one_warning(tmp_path):
+    codes = make_code_folder(tmp_path / "codes")
+    text_len = 8  # room for 7 tokens: every two-object caption and every "… on black" line is cut
+    lines = [line for i in range(N_TRAIN) for line in item_captions(i)]
+    too_long = sum(len(line.split()) + 1 > text_len for line in lines)
+    assert 0 < too_long < len(lines)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = GPTPriorModule(str(codes), text_len=text_len, vocab_size=256, n_layer=1, n_head=1, n_embd=8)
+    truncations = [w for w in caught if "truncated" in str(w.message)]
+    assert len(truncations) == 1 and f"{too_long} of {len(lines)} captions" in str(truncations[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens = module.text_tokens(lines[:8])  # batches are cut quietly: the count was given once, up front
+    assert tokens.shape == (8, text_len)
+
+
+def test_missing_codes_folder_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(write_config(tmp_path, tmp_path / "no-codes"))])
+    message = str(exit_info.value.code)
+    assert message.startswith("gpt-prior: error:") and "vqgan-clip tokenize" in message and "\n" not in message
