@@ -1,10 +1,10 @@
 """Caption BPE: a small byte-pair vocabulary learned from the training captions (HF `tokenizers`).
 
 Captions are lowercased and split on whitespace and punctuation before BPE, so "A Red circle." and
-"a red circle ." share their tokens. Word-final pieces carry a `</w>` suffix, which lets `decode`
-put the spaces back. Every caption becomes `text_len` ids: its tokens, `<eot>`, then `<pad>` up to
-`text_len`. The empty caption "" is `[<eot>, <pad>, …]`: the unconditional prompt of
-classifier-free guidance.
+"a red circle ." share their tokens. Word-initial pieces carry a `▁` prefix (SentencePiece's
+metaspace), which lets `decode` put the spaces back. Every caption becomes `text_len` ids: its
+tokens, `<eot>`, then `<pad>` up to `text_len`. The empty caption "" is `[<eot>, <pad>, …]`: the
+unconditional prompt of classifier-free guidance.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ PAD = "<pad>"
 EOT = "<eot>"
 UNK = "<unk>"  # characters never seen in training captions map here instead of vanishing
 SPECIAL_TOKENS = [PAD, EOT, UNK]  # ids 0, 1, 2 in this order
-WORD_END = "</w>"
 FILE_NAME = "tokenizer.json"
 
 
@@ -104,20 +103,26 @@ class TextTokenizer:
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int) -> TextTokenizer:
-    """Learn a lowercased BPE of at most `vocab_size` ids (specials included) from `captions`.
+    """Learn a lowercased BPE from `captions`, merging until it has `vocab_size` ids (specials included).
 
-    A small caption set (the shapes grammar has a few dozen words) stops below `vocab_size`
-    once every word is one token: size the model from `tokenizer.vocab_size`, not from the config.
+    The same captions always give the same tokenizer, byte for byte. A small caption set (the shapes
+    grammar has a few dozen words) stops below `vocab_size` once every word is one token, and one
+    with more distinct characters than `vocab_size` keeps them all and goes above it: size the model
+    from `tokenizer.vocab_size`, not from the config.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
-    tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix=WORD_END))
+    # Word boundaries are a `▁` character rather than the trainer's `end_of_word_suffix`: the trainer
+    # numbers suffixed characters in hash-map order, so ids (and merges) would change from run to run
+    # (huggingface/tokenizers#2066), while plain characters get their ids in sorted order.
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
-    tokenizer.decoder = decoders.BPEDecoder(suffix=WORD_END)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, end_of_word_suffix=WORD_END, show_progress=False
-    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Whitespace(),  # words and runs of punctuation
+        pre_tokenizers.Metaspace(prepend_scheme="always"),  # "circle" → "▁circle"
+    ])
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="always")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tokenizer.train_from_iterator(captions, trainer)
     return TextTokenizer(tokenizer)
 

@@ -1,5 +1,9 @@
 """GPT prior: caption BPE, the text+image transformer, and sampling (KV cache, CFG, top-k/top-p)."""
+import json
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -9,6 +13,7 @@ from torch import nn
 from gpt_prior.model import ADAMW_BETAS, GPT, GPTConfig
 from gpt_prior.sample import classifier_free_guidance, sample, top_k_filter, top_p_filter
 from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
+from imagetext.shapes import scene_at
 
 CAPTIONS = [
     "a small red circle above a large blue square",
@@ -86,6 +91,29 @@ def test_tokenizer_saves_and_loads(tokenizer, tmp_path):
     assert torch.equal(loaded.encode_batch(CAPTIONS, TEXT_LEN), tokenizer.encode_batch(CAPTIONS, TEXT_LEN))
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         TextTokenizer.load(tmp_path / "missing.json")
+
+
+TRAIN_IN_A_SUBPROCESS = """
+import json, sys
+from gpt_prior.tokenizer import train_tokenizer
+captions = json.loads(sys.stdin.read())
+sys.stdout.write(train_tokenizer(captions, vocab_size=200).to_json())
+"""
+
+
+@pytest.mark.slow  # the subprocess imports gpt_prior, hence Lightning: ~10 s on 2 busy cores
+def test_tokenizer_training_is_reproducible():
+    # The BPE trainer iterates hash maps (reseeded per map and per process): the same captions must
+    # still give the same ids and merges, or a seeded run could not be repeated.
+    captions = [scene_at(0, i, 32).caption for i in range(300)]
+    captions += ["Un café crème, s'il vous plaît!", "naïve 😀 smile — 👍🏽", "x-ray: 3.5 × 2"]
+    first = train_tokenizer(captions, vocab_size=200).to_json()
+    assert train_tokenizer(captions, vocab_size=200).to_json() == first
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", TRAIN_IN_A_SUBPROCESS], input=json.dumps(captions), capture_output=True,
+        text=True, encoding="utf-8", env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True,
+    )
+    assert elsewhere.stdout == first
 
 
 def test_long_captions_are_truncated_with_one_warning(tokenizer):

@@ -222,16 +222,15 @@ def test_resume_continues_exactly(tmp_path):
     straight = torch.load(straight_run / "checkpoints" / "last.ckpt", weights_only=True)
 
     # The same 2-epoch run, interrupted after its first epoch (early stopping fires at once) and resumed.
-    # Both halves reuse the straight run's tokenizer: BPE training is not reproducible (see the report).
-    tokenizer = str(straight_run / "tokenizer.json")
+    # Each half trains its own tokenizer from the captions: it must come out the straight run's.
     stop_now = {"class_path": "pytorch_lightning.callbacks.EarlyStopping",
                 "init_args": {"monitor": "val/loss", "stopping_threshold": 1.0e9}}
-    interrupted = write_config(tmp_path, codes, "interrupted.yaml", callbacks=(stop_now,), num_workers=1, tokenizer=tokenizer)
+    interrupted = write_config(tmp_path, codes, "interrupted.yaml", callbacks=(stop_now,), num_workers=1)
     main(["fit", "-c", str(interrupted), "--trainer.max_epochs", "2"])
     first_half = torch.load(tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert first_half["global_step"] == 4
 
-    resumed_config = write_config(tmp_path, codes, "resumed.yaml", num_workers=1, tokenizer=tokenizer)
+    resumed_config = write_config(tmp_path, codes, "resumed.yaml", num_workers=1)
     main(["fit", "-c", str(resumed_config), "--trainer.max_epochs", "2",
           "--ckpt_path", str(tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt")])
     resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
