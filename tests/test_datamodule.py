@@ -94,3 +94,4 @@ def test_training_order_is_a_function_of_seed_and_epoch():
     assert sorted(first) == list(range(50)) and first == list(EpochShuffle(50, seed=3))
     sampler.set_epoch(1)
     assert list(sampler) != first
+
