@@ -1,6 +1,7 @@
-"""`clip-rerank`: the stage's LightningCLI (fit / validate / test with YAML configs)."""
-import sys
+"""`clip-rerank fit|validate|test -c configs/clip_rerank/shapes.yaml`: the CLIP stage's LightningCLI."""
+from clip_rerank.lightning import CLIPModule
+from imagetext.training import run_stage_cli
 
 
-def main(argv: list[str] | None = None) -> None:
-    sys.exit("clip-rerank: this stage is not built yet")
+def main(args: list[str] | None = None) -> None:
+    run_stage_cli("clip-rerank", CLIPModule, args=args)

@@ -200,7 +200,7 @@ def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, to
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"{path} holds Python objects beyond tensors and plain containers and is not unpickled; "
-            f"export the weights with clip_rerank.load.save_checkpoint"
+            f"export the weights with clip_rerank.save_checkpoint"
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); use a .safetensors checkpoint")

@@ -25,7 +25,7 @@ class Scorer:
 
     `model` is an open_clip model (CLIP, CustomTextCLIP, ...) carrying its preprocessing config as open_clip
     sets it; `bf16` runs the encoders under bf16 autocast; `batch_size` caps how many items go through at once.
-    The Scorer neither freezes nor switches the model's mode: `clip_rerank.load.load` hands it a frozen
+    The Scorer neither freezes nor switches the model's mode: `clip_rerank.load` hands it a frozen
     eval-mode model, a training loop may wrap its own.
     """
 

@@ -44,7 +44,7 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
     assert result.returncode != 0 and "VENDOR=PATH" in result.stderr
 
 
-@pytest.mark.parametrize("module", ["vqgan", "gpt_prior"])
+@pytest.mark.parametrize("module", ["vqgan", "gpt_prior", "clip_rerank"])
 def test_stage_commands_are_lightning_clis(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert result.returncode == 0

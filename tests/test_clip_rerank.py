@@ -41,15 +41,6 @@ def scorer():
     return seeded_load("clip-tiny-32")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Matrices this small gain nothing from a second thread, and on 2 shared cores the hand-offs made
-    the training test 5x slower (56 s against 11 s measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def micro_config_file(tmp_path_factory):

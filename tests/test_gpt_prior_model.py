@@ -24,15 +24,6 @@ CAPTIONS = [
 TEXT_LEN = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These models are tiny, so every op is dispatch overhead; on 2 cores shared with other jobs two
-    # OpenMP threads spin-wait on each other and a training step runs ~10x slower than on one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tokenizer() -> TextTokenizer:

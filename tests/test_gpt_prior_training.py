@@ -22,14 +22,6 @@ N_TRAIN, N_VAL, SHARD_SIZE = 32, 8, 12  # train: shards of 12, 12, 8 items
 LEARNING_RATE = 3e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: every op is dispatch overhead, and two OpenMP threads on 2 busy cores spin-wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def item_captions(index: int) -> list[str]:
     """Two caption lines per item, as a caption folder with several lines per image gives."""

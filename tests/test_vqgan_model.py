@@ -27,15 +27,6 @@ TINY_DDCONFIG = dict(ch=32, out_ch=3, ch_mult=[1, 2], num_res_blocks=1, attn_res
 TINY = {"ddconfig": TINY_DDCONFIG, "embed_dim": 8, "n_embed": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: on a shared 2-core machine a second intra-op thread only adds spin-waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(batch: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import vqgan
+from stage_configs import write_stage_config
 from vqgan.cli import main
 
 TINY = {
@@ -43,17 +43,7 @@ TINY = {
 
 
 def write_config(tmp_path: Path, **overrides) -> Path:
-    config = yaml.safe_load(yaml.safe_dump(TINY))
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_stage_config(TINY, tmp_path, **overrides)
 
 
 def metrics(run_dir: Path) -> list[dict]:
