@@ -33,18 +33,11 @@ from einops import rearrange
 
 from clip_rerank.load import checkpoint_metadata, load
 from imagetext.shapes import COLORS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject
+from imagetext.training import WarmupCosine
 
 ATTRIBUTES = ("color", "shape", "size", "relation")
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp: a temperature of at least 1/100
 OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate factor: linear from 1/warmup_steps up to 1, then a cosine down to 0 at total_steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def random_crop(images: torch.Tensor, generator: torch.Generator, min_side: float, flip: bool = False) -> torch.Tensor:
@@ -236,9 +229,7 @@ class CLIPModule(pl.LightningModule):
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError("the cosine schedule needs a known length: set trainer.max_steps or trainer.max_epochs")
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, h.warmup_steps, int(total_steps))
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(h.warmup_steps, 0.0, int(total_steps)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ from gpt_prior.model import ADAMW_BETAS, GPT, GPTConfig, GPTOutput
 from gpt_prior.tokenizer import FILE_NAME as TOKENIZER_FILE
 from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
 from imagetext.code_shards import read_manifest
+from imagetext.training import WarmupCosine
 
 CHECKPOINT_KEY = "gpt_prior"  # checkpoint["gpt_prior"] = {config, tokenizer, vqgan, vqgan_sha256}
 
@@ -39,25 +40,6 @@ def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator)
     """Condition dropout: each caption becomes "" (the unconditional prompt) with probability p."""
     keep = torch.rand(len(captions), generator=generator) >= p
     return [caption if kept else "" for caption, kept in zip(captions, keep.tolist())]
-
-
-class WarmupCosine:
-    """Learning-rate factor of optimiser step `step`: 1/warmup … 1 over `warmup_steps`, then a cosine
-    from 1 down to `min_ratio` at `total_steps` (set once the trainer knows it).
-
-    An object rather than a closure, so that LambdaLR stores its settings in the checkpoint.
-    """
-
-    def __init__(self, warmup_steps: int, min_ratio: float, total_steps: int | None = None):
-        self.warmup_steps, self.min_ratio, self.total_steps = warmup_steps, min_ratio, total_steps
-
-    def __call__(self, step: int) -> float:
-        if step <= self.warmup_steps:  # the ramp; the cosine starts at 1 on step warmup_steps, before it needs total_steps
-            return min(1.0, (step + 1) / max(1, self.warmup_steps))
-        if self.total_steps is None:
-            raise RuntimeError("WarmupCosine.total_steps is unset: GPTPriorModule sets it in on_train_start")
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class GPTPriorModule(pl.LightningModule):

@@ -1,6 +1,7 @@
-"""What every stage's `fit` shares: the LightningCLI set-up and checkpoints that are written atomically."""
+"""What every stage's `fit` shares: the LightningCLI set-up, checkpoints written atomically, the LR schedule."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,25 @@ from pytorch_lightning.cli import LightningCLI
 
 from imagetext.datamodule import DataEpochHooks, ImageTextDataModule
 from imagetext.files import atomic_path
+
+
+class WarmupCosine:
+    """Learning-rate factor of optimiser step `step`: 1/warmup … 1 over `warmup_steps`, then a cosine
+    from 1 down to `min_ratio` at `total_steps` (set once the trainer knows it).
+
+    An object rather than a closure, so that LambdaLR stores its settings in the checkpoint.
+    """
+
+    def __init__(self, warmup_steps: int, min_ratio: float, total_steps: int | None = None):
+        self.warmup_steps, self.min_ratio, self.total_steps = warmup_steps, min_ratio, total_steps
+
+    def __call__(self, step: int) -> float:
+        if step <= self.warmup_steps:  # the ramp; the cosine starts at 1 on step warmup_steps, before it needs total_steps
+            return min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.total_steps is None:
+            raise RuntimeError("WarmupCosine.total_steps is unset: set it once the trainer knows its length")
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,9 +23,9 @@ from clip_rerank.lightning import (
     random_crop,
     retrieval_accuracy,
     same_picture,
-    warmup_cosine,
 )
 from imagetext.shapes import parse_caption
+from imagetext.training import WarmupCosine
 from stage_configs import write_stage_config
 
 # The smallest CLIP that still uses open_clip's BPE vocabulary (most of its weights are the token embedding).
@@ -278,7 +278,7 @@ def test_random_crop_is_seeded_keeps_black_background_and_only_flips_when_asked(
 
 
 def test_warmup_then_cosine_to_zero():
-    factors = [warmup_cosine(step, warmup_steps=4, total_steps=12) for step in range(13)]
+    factors = [WarmupCosine(warmup_steps=4, min_ratio=0.0, total_steps=12)(step) for step in range(13)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4] == 1.0 and factors[8] == pytest.approx(0.5) and factors[12] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(factors[3:], factors[4:]))

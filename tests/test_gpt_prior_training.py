@@ -12,7 +12,8 @@ import gpt_prior
 from gpt_prior.checkpoint import resolve_vqgan
 from gpt_prior.cli import main
 from gpt_prior.data import CodeShardDataModule, keyed_generator
-from gpt_prior.lightning import GPTPriorModule, WarmupCosine, drop_captions
+from gpt_prior.lightning import GPTPriorModule, drop_captions
+from imagetext.training import WarmupCosine
 from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
 from imagetext.shapes import scene_at
 
