@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (bf16 autocast)")
     return parser.parse_args()
 
 
@@ -102,25 +103,26 @@ def main() -> None:
     print(f"{args.candidates} candidates × {image_len} image tokens; recompute timed over the first {recompute_tokens} tokens")
 
     warm_model, warm_args = build(args, (1, 2)), argparse.Namespace(**{**vars(args), "candidates": 2})
-    for bf16 in (False, True):  # load kernels before timing
+    for bf16 in (False, True):  # load kernels before timing (both, whatever is timed: it is cheap)
         tokens_per_second(warm_model, text, warm_args, use_cache=True, bf16=bf16)
 
+    precisions = [(name == "bf16", name) for name in args.precisions.split(",")]
     rates = {}
     print(f"\n{'path':<10} {'precision':<9} {'tokens':>7} {'seconds':>9} {'tokens/s':>10}")
     for use_cache, path, path_model, n_tokens in [(True, "kv cache", model, image_len), (False, "recompute", recompute_model, recompute_tokens)]:
-        for bf16, precision in [(False, "fp32"), (True, "bf16")]:
+        for bf16, precision in precisions:
             rate, seconds = tokens_per_second(path_model, text, args, use_cache=use_cache, bf16=bf16)
             rates[path, precision] = rate
             print(f"{path:<10} {precision:<9} {args.candidates * n_tokens:>7} {seconds:>9.2f} {rate:>10.1f}")
     if recompute_tokens < image_len:
-        for bf16, precision in [(False, "fp32"), (True, "bf16")]:
+        for bf16, precision in precisions:
             seconds = estimated_recompute_seconds(model, text, args, bf16=bf16)
             rates["recompute (est.)", precision] = args.candidates * image_len / seconds
             print(f"{'recompute':<10} {precision:<9} {args.candidates * image_len:>7} {seconds:>9.2f} {rates['recompute (est.)', precision]:>10.1f}"
                   "  estimated from 8 timed steps")
 
     print()
-    for precision in ("fp32", "bf16"):
+    for _, precision in precisions:
         ratio = rates["kv cache", precision] / rates["recompute", precision]
         if recompute_tokens == image_len:
             print(f"cached / recompute, {precision}: {ratio:.1f}×")
@@ -128,7 +130,7 @@ def main() -> None:
             estimate = rates["kv cache", precision] / rates["recompute (est.)", precision]
             print(f"cached / recompute, {precision}: {ratio:.1f}× against the first {recompute_tokens} recompute tokens (a lower bound); "
                   f"≈{estimate:.1f}× over all {image_len} (estimated)")
-    for path in ("kv cache", "recompute"):
+    for path in ("kv cache", "recompute") if len(precisions) == 2 else ():
         print(f"bf16 / fp32, {path}: {rates[path, 'bf16'] / rates[path, 'fp32']:.2f}×")
 
 
