@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from gpt_prior.lightning import CHECKPOINT_KEY
 from imagetext.files import file_sha256
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.tokenizer import TextTokenizer
 
+
+CHECKPOINT_KEY = "gpt_prior"  # checkpoint["gpt_prior"] = {config, tokenizer, vqgan, vqgan_sha256}
 
 @dataclass
 class PriorBundle:

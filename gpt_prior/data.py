@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imagetext.code_shards import read_code_shard, read_manifest
-from imagetext.datamodule import EpochShuffle
+from imagetext.datamodule import EpochShuffle, resumable_shuffle
 
 
 def keyed_generator(*keys: int) -> torch.Generator:
@@ -100,12 +100,8 @@ class CodeShardDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        sampler = EpochShuffle(len(self.train_set), self.hparams.seed)
-        # Lightning sets the epoch at each epoch start, but on resume it starts the first epoch's workers
-        # before that (Lightning issue #21938); set here too, they draw the resumed epoch's order and captions.
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        sampler.set_epoch(epoch)
-        self.train_set.set_epoch(epoch)
+        sampler = resumable_shuffle(len(self.train_set), self.hparams.seed, self.trainer)
+        self.train_set.set_epoch(sampler.epoch)  # its caption draws follow the epoch too
         return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader:

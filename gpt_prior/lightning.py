@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from gpt_prior.checkpoint import CHECKPOINT_KEY
 from gpt_prior.data import keyed_generator, read_split
 from gpt_prior.model import ADAMW_BETAS, GPT, GPTConfig, GPTOutput
 from gpt_prior.tokenizer import FILE_NAME as TOKENIZER_FILE
@@ -33,7 +34,6 @@ from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
 from imagetext.code_shards import read_manifest
 from imagetext.training import WarmupCosine
 
-CHECKPOINT_KEY = "gpt_prior"  # checkpoint["gpt_prior"] = {config, tokenizer, vqgan, vqgan_sha256}
 
 
 def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:

@@ -58,6 +58,17 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
+def resumable_shuffle(n: int, seed: int, trainer: pl.Trainer | None) -> EpochShuffle:
+    """An EpochShuffle already at the trainer's epoch, for a `train_dataloader` to use.
+
+    Lightning sets the epoch at each epoch start, but on resume it starts the first epoch's workers
+    before that (Lightning issue #21938): set here too, they draw the resumed epoch's order.
+    """
+    sampler = EpochShuffle(n, seed)
+    sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+    return sampler
+
+
 class DataEpochHooks(pl.Callback):
     """Per-epoch duties of the data that Lightning does not do itself.
 
@@ -160,7 +171,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            sampler=EpochShuffle(len(dataset), self.hparams.seed) if shuffle and not iterable else None,
+            sampler=resumable_shuffle(len(dataset), self.hparams.seed, self.trainer) if shuffle and not iterable else None,
             num_workers=self.hparams.num_workers,
             collate_fn=collate_image_text,
             # Workers of an iterable set must be made anew each epoch to see its new epoch number.
@@ -169,12 +180,7 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        loader = self._loader(self.train_set, shuffle=True)
-        # Lightning sets the epoch at each epoch start, but on resume it starts the first epoch's workers
-        # before that (Lightning issue #21938): set it here too, so they draw the resumed epoch's order.
-        if isinstance(loader.sampler, EpochShuffle):
-            loader.sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
-        return loader
+        return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

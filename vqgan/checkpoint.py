@@ -9,17 +9,24 @@ Two formats load with `vqgan.load(path)`:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from imagetext.files import atomic_path
-from vqgan.lightning import VQGANModule
 from vqgan.model import VQGAN, VQGANConfig
 
 BUNDLE_CONFIG_KEY = "vqgan_config"
+
+
+def config_from_hparams(hparams: Mapping[str, Any]) -> VQGANConfig:
+    """The VQGAN's config from `VQGANModule`'s hyperparameters (live, or saved in a checkpoint)."""
+    return VQGANConfig.from_dict({key: hparams[key] for key in ("ddconfig", "embed_dim", "n_embed")}
+                                 | {"quantizer": hparams.get("quantizer") or {}})
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
@@ -37,7 +44,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
     else:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         try:
-            config = VQGANModule.autoencoder_config(checkpoint["hyper_parameters"])
+            config = config_from_hparams(checkpoint["hyper_parameters"])
         except KeyError:
             raise ValueError(f"{path} is not a `vqgan fit` checkpoint (no VQGAN hyperparameters); "
                              f"for a taming-transformers checkpoint use vqgan.from_taming(model.yaml, ckpt)") from None

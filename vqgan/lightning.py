@@ -20,7 +20,8 @@ from einops import rearrange
 
 from imagetext.images import save_grid
 from vqgan.discriminator import NLayerDiscriminator, adaptive_disc_weight, discriminator_loss, generator_loss
-from vqgan.model import VQGAN, VQGANConfig
+from vqgan.checkpoint import config_from_hparams
+from vqgan.model import VQGAN
 from vqgan.perceptual import LPIPSLoss
 from vqgan.quantize import CodebookUsage
 from vqgan.taming import from_taming
@@ -78,7 +79,7 @@ class VQGANModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = VQGAN(self.autoencoder_config(self.hparams))
+        self.model = VQGAN(config_from_hparams(self.hparams))
         self.discriminator = NLayerDiscriminator(self.model.config.ddconfig.out_ch, disc_ndf, disc_layers)
         if init_from_taming:
             self._load_taming(init_from_taming)
@@ -88,12 +89,6 @@ class VQGANModule(pl.LightningModule):
         self.val_usage = CodebookUsage(self.model.codebook_size)
         if channels_last:
             self.to(memory_format=torch.channels_last)
-
-    @staticmethod
-    def autoencoder_config(hparams: dict[str, Any]) -> VQGANConfig:
-        """The VQGAN's config from this module's hyperparameters (also those saved in a checkpoint)."""
-        return VQGANConfig.from_dict({key: hparams[key] for key in ("ddconfig", "embed_dim", "n_embed")}
-                                     | {"quantizer": hparams.get("quantizer") or {}})
 
     def _load_taming(self, paths: dict[str, str]) -> None:
         missing = {"config", "checkpoint"} - set(paths)
