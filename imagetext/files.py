@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -46,6 +47,19 @@ def unique_dir(parent: str | Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"no free folder name for {name!r} under {parent}")
+
+
+def safe_name(text: str, max_length: int = 60) -> str:
+    """A folder name made from free text (a prompt): lower case letters, digits and single dashes.
+
+    "A red circle: 1|a blue square" -> "a-red-circle-1-a-blue-square". Text with nothing usable gives
+    "untitled"; long text is cut at a dash where possible.
+    """
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if len(name) > max_length:
+        cut = name[:max_length]
+        name = cut.rsplit("-", 1)[0] if "-" in cut else cut
+    return name or "untitled"
 
 
 def file_sha256(path: str | Path) -> str:

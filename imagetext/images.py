@@ -5,11 +5,12 @@ Inside the project an image is a float tensor [3, H, W] (or [B, 3, H, W]) in [-1
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
@@ -82,9 +83,30 @@ class ResizeCrop:
         return pil_to_tensor(image)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, pnginfo=None) -> Path:
-    """Save a batch [B, 3, H, W] in [-1, 1] as one PNG grid with a 2-pixel gutter."""
-    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=2, pad_value=-1.0)
+def png_text_chunks(metadata: dict[str, object]) -> PngImagePlugin.PngInfo:
+    """PNG text chunks, one per key: strings as they are, anything else as JSON (what a viewer's
+    "image properties" and `read_png_text` show)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_itxt(key, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+    return info
+
+
+def read_png_text(path: str | Path) -> dict[str, str]:
+    """The text chunks of a PNG file as {key: text}."""
+    with Image.open(path) as image:
+        image.load()
+        return dict(image.text)
+
+
+def save_png(image: torch.Tensor, path: str | Path, metadata: dict[str, object] | None = None) -> Path:
+    """Save one image [3, H, W] in [-1, 1] as a PNG, atomically, with `metadata` in its text chunks."""
     with atomic_path(path) as temporary:
-        tensor_to_pil(grid).save(temporary, format="PNG", pnginfo=pnginfo)
+        tensor_to_pil(image).save(temporary, format="PNG", pnginfo=png_text_chunks(metadata or {}))
     return Path(path)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, metadata: dict[str, object] | None = None) -> Path:
+    """Save a batch [B, 3, H, W] in [-1, 1] as one PNG grid with a 2-pixel gutter, atomically."""
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=2, pad_value=-1.0)
+    return save_png(grid, path, metadata)

@@ -1,8 +1,10 @@
 import os
 
 import pytest
+import torch
 
-from imagetext.files import atomic_path, unique_dir
+from imagetext.files import atomic_path, safe_name, unique_dir
+from imagetext.images import pil_to_tensor, open_rgb, read_png_text, save_png
 
 
 def test_atomic_writes_replace_whole_files_with_usual_permissions(tmp_path):
@@ -24,3 +26,16 @@ def test_unique_dir_never_reuses_a_folder(tmp_path):
     first = unique_dir(tmp_path, "run")
     second = unique_dir(tmp_path, "run")
     assert (first.name, second.name) == ("run", "run-2") and first.is_dir() and second.is_dir()
+
+
+def test_safe_name_keeps_letters_and_digits_only():
+    assert safe_name("A small RED circle: 1|a blue/square") == "a-small-red-circle-1-a-blue-square"
+    assert safe_name("../../etc") == "etc" and safe_name("?!") == "untitled"
+    assert safe_name("word " * 30, max_length=20) == "word-word-word-word"
+
+
+def test_png_metadata_travels_in_text_chunks(tmp_path):
+    image = torch.linspace(-1, 1, 3 * 4 * 5).reshape(3, 4, 5)
+    path = save_png(image, tmp_path / "image.png", {"prompt": "a red circle", "seed": 7, "settings": {"cfg": 3.0}})
+    assert read_png_text(path) == {"prompt": "a red circle", "seed": "7", "settings": '{"cfg": 3.0}'}
+    assert torch.allclose(pil_to_tensor(open_rgb(path)), image, atol=1 / 127.5)
