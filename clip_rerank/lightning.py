@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from clip_rerank.load import checkpoint_metadata, load
-from imagetext.shapes import COLORS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject
+from imagetext.images import array_to_tensor
+from imagetext.shapes import COLORS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, reflect, render, scene_from_dict
 from imagetext.training import WarmupCosine
 
 ATTRIBUTES = ("color", "shape", "size", "relation")
@@ -138,6 +139,31 @@ def hard_negative_captions(labels: list[dict], generator: torch.Generator) -> li
     return captions
 
 
+def order_swap_captions(labels: list[dict]) -> list[str]:
+    """For each two-object shapes item with two different objects, the caption naming them the other way
+    round with the same relation ("a red circle above a blue square" -> "a blue square above a red circle").
+
+    It is false of the image and holds exactly the true caption's words, so only a text encoder that reads
+    word order can reject it: a bag of words cannot tell which object a relation puts where.
+    """
+    scenes = [scene_from_labels(item) for item in labels]
+    return [replace(scene, objects=scene.objects[::-1]).caption
+            for scene in scenes if len(scene.objects) == 2 and scene.objects[0] != scene.objects[1]]
+
+
+def with_reflected_pairs(images: torch.Tensor, captions: list[str], labels: list[dict]
+                         ) -> tuple[torch.Tensor, list[str], list[dict]]:
+    """The batch followed by the reflection (`imagetext.shapes.reflect`) of each of its two-object scenes:
+    its image rendered at the batch's size, its caption and its labels."""
+    image_size = images.shape[-1]
+    reflected = [reflect(scene_from_dict(item), image_size) for item in labels if item.get("relation")]
+    if not reflected:
+        return images, captions, labels
+    rendered = torch.stack([array_to_tensor(render(scene, image_size)) for scene in reflected])
+    return (torch.cat([images, rendered.to(images.device, images.dtype)]), captions + [s.caption for s in reflected],
+            labels + [s.to_dict() for s in reflected])
+
+
 def clip_loss_with_negatives(image_features: torch.Tensor, text_features: torch.Tensor,
                              negative_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """ClipLoss where each image picks its caption among the batch's captions and extra negative captions
@@ -184,6 +210,12 @@ class CLIPModule(pl.LightningModule):
         hard_negatives: shapes only: each image must also beat a caption of its own that is false by one
             attribute (`hard_negative_captions`). In-batch negatives almost never differ from the true
             caption by a relation alone, so without these the relation is learned slowly.
+        order_negatives: shapes only: each two-object image must also beat its caption with the objects
+            named the other way round (`order_swap_captions`).
+        reflected_pairs: shapes only: every two-object scene of a batch also enters it reflected
+            (`imagetext.shapes.reflect`: same objects, mirrored layout, opposite relation), so the batch
+            holds pairs of images and captions that differ in the relation alone, in both directions of
+            the contrastive loss.
         seed: seed of the augmentation and the hard negatives; the draws of each batch are a function of
             (seed, global_step).
     """
@@ -200,6 +232,8 @@ class CLIPModule(pl.LightningModule):
         crop_min_side: float = 0.85,
         flip: bool = False,
         hard_negatives: bool = False,
+        order_negatives: bool = False,
+        reflected_pairs: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -241,19 +275,23 @@ class CLIPModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
         generator = torch.Generator().manual_seed(h.seed * 1_000_003 + self.global_step)
-        images = batch["image"]
+        images, captions, labels = batch["image"], list(batch["caption"]), batch.get("labels")
+        if (h.hard_negatives or h.order_negatives or h.reflected_pairs) and labels is None:
+            raise ValueError("model.hard_negatives, order_negatives and reflected_pairs need shapes labels in the batches; "
+                             "use data.source: shapes")
+        if h.reflected_pairs:
+            images, captions, labels = with_reflected_pairs(images, captions, labels)
         if h.crop_min_side < 1 or h.flip:
             images = random_crop(images, generator, h.crop_min_side, h.flip)
-        captions = list(batch["caption"])
         if h.hard_negatives:
-            if "labels" not in batch:
-                raise ValueError("model.hard_negatives needs shapes labels in the batches; use data.source: shapes")
-            captions += hard_negative_captions(batch["labels"], generator)
+            captions += hard_negative_captions(labels, generator)
+        if h.order_negatives:
+            captions += order_swap_captions(labels)
         # one text pass for the captions and their negatives
         image_features, text_features = self.embed(images, self.scorer.tokenize(captions))
         batch_size = len(image_features)
         logit_scale = self.model.logit_scale.exp()
-        if h.hard_negatives:
+        if len(text_features) > batch_size:
             loss = clip_loss_with_negatives(image_features, text_features[:batch_size], text_features[batch_size:], logit_scale)
         else:
             loss = self.loss(image_features, text_features, logit_scale)

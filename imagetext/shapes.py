@@ -198,6 +198,39 @@ def sample_scene(rng: np.random.Generator, image_size: int, split: str = "train"
             return Scene((first, second), relation)
 
 
+MIRRORED_RELATION = {"to the left of": "to the right of", "to the right of": "to the left of"}
+FLIPPED_RELATION = {"above": "below", "below": "above"}
+
+
+def reflect(scene: Scene, image_size: int) -> Scene:
+    """The scene with its layout reflected across the axis its relation reads on, shapes kept upright.
+
+    Left/right relations are mirrored left–right, above/below ones top–bottom; every object keeps its
+    colour, shape and size, its box moves to the mirror place, and the relation turns into its opposite.
+    The result is a valid scene of the same split whose caption differs from the original by the relation
+    alone, which is the pair a contrastive model needs to see to learn relations (an image flip would turn
+    triangles upside down). A scene without a relation is returned unchanged.
+    """
+    if scene.relation is None:
+        return scene
+    horizontal = scene.relation in MIRRORED_RELATION
+
+    def mirrored(obj: ShapeObject) -> ShapeObject:
+        x0, y0, x1, y1 = obj.box
+        box = (image_size - x1, y0, image_size - x0, y1) if horizontal else (x0, image_size - y1, x1, image_size - y0)
+        return replace(obj, box=box)
+
+    relation = (MIRRORED_RELATION if horizontal else FLIPPED_RELATION)[scene.relation]
+    return Scene(tuple(mirrored(o) for o in scene.objects), relation)
+
+
+def scene_from_dict(values: dict) -> Scene:
+    """The Scene of `Scene.to_dict()` output (a shapes item's "labels")."""
+    objects = tuple(ShapeObject(o["size"], o["color"], o["shape"], tuple(o["box"]) if o.get("box") else None)
+                    for o in values["objects"])
+    return Scene(objects, values.get("relation"))
+
+
 def scene_at(seed: int, index: int, image_size: int, split: str = "train") -> Scene:
     """The scene of item `index` of the shapes set with `seed`: the same inputs always give the same scene."""
     return sample_scene(np.random.default_rng([seed, SPLITS.index(split), index]), image_size, split)

@@ -20,11 +20,14 @@ from clip_rerank.lightning import (
     clip_loss_with_negatives,
     hard_negative_captions,
     one_attribute_swaps,
+    order_swap_captions,
     random_crop,
     retrieval_accuracy,
     same_picture,
+    with_reflected_pairs,
 )
-from imagetext.shapes import parse_caption
+from imagetext.describe import matches
+from imagetext.shapes import ShapesDataset, parse_caption
 from imagetext.training import WarmupCosine
 from stage_configs import write_stage_config
 
@@ -282,3 +285,20 @@ def test_warmup_then_cosine_to_zero():
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4] == 1.0 and factors[8] == pytest.approx(0.5) and factors[12] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+
+
+def test_order_swaps_name_the_objects_the_other_way_round():
+    labels = [parse_caption(c).to_dict() for c in ("a large green triangle", "a small red circle above a large blue square",
+                                                  "a small red circle to the left of a small red circle")]
+    assert order_swap_captions(labels) == ["a large blue square above a small red circle"]
+
+
+def test_reflected_pairs_join_the_batch_as_true_pairs():
+    items = [ShapesDataset(12, image_size=32, seed=3)[i] for i in range(12)]
+    images, captions, labels = torch.stack([i["image"] for i in items]), [i["caption"] for i in items], [i["labels"] for i in items]
+    two_objects = sum(1 for item in labels if item["relation"])
+    new_images, new_captions, new_labels = with_reflected_pairs(images, captions, labels)
+    assert len(new_images) == len(new_captions) == len(new_labels) == 12 + two_objects and two_objects > 0
+    assert torch.equal(new_images[:12], images) and new_captions[:12] == captions
+    for image, caption, original in zip(new_images[12:], new_captions[12:], [c for c, l in zip(captions, labels) if l["relation"]]):
+        assert matches(caption, image) and caption != original

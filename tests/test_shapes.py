@@ -17,9 +17,11 @@ from imagetext.shapes import (
     ShapeObject,
     ShapesDataset,
     parse_caption,
+    reflect,
     relation_between,
     render,
     scene_at,
+    scene_from_dict,
     write_shapes_folder,
 )
 
@@ -147,3 +149,21 @@ def test_bad_split_and_size_are_clear_errors():
         ShapesDataset(1, split="test")
     with pytest.raises(ValueError, match="at least 16 px"):
         scene_at(0, 0, 8)
+
+
+def test_reflected_scenes_differ_in_the_relation_alone_and_are_true():
+    reflected = 0
+    for index in range(80):
+        scene = scene_at(0, index, 32)
+        assert scene_from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
+        mirror = reflect(scene, 32)
+        if scene.relation is None:
+            assert mirror == scene
+            continue
+        reflected += 1
+        assert [o.phrase for o in mirror.objects] == [o.phrase for o in scene.objects]
+        assert mirror.relation != scene.relation and reflect(mirror, 32) == scene
+        assert matches(mirror.caption, render(mirror, 32))
+        twins = scene.objects[0].phrase == scene.objects[1].phrase  # then both relations are true of both images
+        assert twins or not matches(scene.caption, render(mirror, 32))
+    assert reflected > 20
