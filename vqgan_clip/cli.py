@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from vqgan_clip import data_commands, demo, tokenize
+from vqgan_clip import data_commands, demo, evaluate, generate, tokenize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +61,53 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
     tok.set_defaults(run=tokenize.run)
 
+    gen = commands.add_parser("generate", help="draw images for a prompt with the GPT prior, rerank them with CLIP")
+    gen.add_argument("prompt", nargs="?", help="the text prompt (or give --prompts-file)")
+    gen.add_argument("--prompts-file", metavar="FILE", help="a text file with one prompt per line")
+    gen.add_argument("--rerank", type=int, metavar="N", help="draw N candidates and keep the --keep best by CLIP score")
+    gen.add_argument("--keep", type=int, default=4, metavar="K", help="images kept per prompt (default 4)")
+    gen.add_argument("--out", default="runs/generate", help="output folder; one new subfolder per prompt (default runs/generate)")
+    add_model_options(gen)
+    add_sampling_options(gen)
+    gen.set_defaults(run=generate.run)
+
+    ev = commands.add_parser("eval", help="attribute accuracy, rerank lift, CLIP score, FD-CLIP -> eval.json + report.html")
+    ev.add_argument("--data", default="shapes", help="shapes (held-out and novel captions), or an image–caption folder")
+    ev.add_argument("--n", type=int, default=200, help="captions per caption set (default 200)")
+    ev.add_argument("--rerank", type=int, default=32, metavar="N", help="candidates per caption; the CLIP-best vs the first (default 32)")
+    ev.add_argument("--out", default="runs/eval", help="folder for eval.json and report.html (default runs/eval)")
+    add_model_options(ev)
+    add_sampling_options(ev)
+    ev.set_defaults(run=evaluate.run)
+
     demo_parser = commands.add_parser("demo", help="run the whole pipeline on the shapes set (what `make demo` runs)")
     demo_parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     demo_parser.add_argument("--quick", action="store_true", help="a smoke-test profile that finishes in minutes")
     demo_parser.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing outputs")
     demo_parser.set_defaults(run=demo.run)
     return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Which models generate and eval run; left out, the latest `make demo` run's (runs/demo/models.json)."""
+    parser.add_argument("--gpt", metavar="CKPT", help="GPT prior checkpoint from `gpt-prior fit` (default: the demo's)")
+    parser.add_argument("--vqgan", metavar="CKPT", help="decode with this VQGAN instead of the one the prior names")
+    parser.add_argument("--clip", metavar="SPEC", help="CLIP: a checkpoint of `clip-rerank fit` or an open_clip "
+                                                       "architecture (default when reranking: the demo's)")
+    parser.add_argument("--clip-pretrained", metavar="TAG|FILE", help="pretrained weights for an open_clip architecture")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """How the GPT prior draws codes; defaults in vqgan_clip.generate.SamplingSettings."""
+    defaults = generate.SamplingSettings()
+    parser.add_argument("--cfg", type=float, metavar="S", help=f"classifier-free guidance scale, 1 = off (default {defaults.cfg_scale})")
+    parser.add_argument("--top-k", type=int, help=f"keep the k most likely codes, 0 = off (default {defaults.top_k or 'off'})")
+    parser.add_argument("--top-p", type=float, help=f"nucleus sampling mass, 1 = off (default {defaults.top_p})")
+    parser.add_argument("--temperature", type=float, help=f"sampling temperature (default {defaults.temperature})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every draw; the same seed gives the same images (default 0)")
+    parser.add_argument("--batch-size", type=int, help=f"candidates drawn at once (default {defaults.batch_size}); part of the draw")
 
 
 def main(argv: list[str] | None = None) -> None:
