@@ -1,23 +1,126 @@
 """`make demo` / `vqgan-clip demo`: the whole pipeline on the embedded shapes set, CPU only.
 
-Stages so far: shapes data -> a sample grid of captioned images. Each stage's output is reused when
-present; --fresh rebuilds.
+    shapes → vqgan fit → tokenize → gpt-prior fit ─┐
+    shapes → clip-rerank fit ──────────────────────┴→ generate --rerank 32 → optimize → eval → report.html
+
+Every stage is the command a user would type (run as a subprocess, its output in `OUT/logs/`), so
+the demo exercises exactly what the README documents. CLIP does not depend on the VQGAN→GPT chain:
+it trains beside it, one CPU thread each, which on two cores finishes both in about the time of the
+chain alone.
+
+A stage's result is copied to `OUT/models/` when the stage succeeds, and a stage whose result is
+there is skipped, so an interrupted demo resumes at the stage it stopped in (`--fresh` retrains
+everything). `OUT/models.json` names the three checkpoints; `generate` and `optimize` use them when
+no checkpoint is given.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from imagetext.files import atomic_path
 from imagetext.images import save_grid
-from imagetext.shapes import ShapesDataset, write_shapes_folder
+from imagetext.shapes import ShapesDataset
+from vqgan_clip.generate import write_demo_models
 
-PROFILES = {  # images in the training folder, per profile
-    "full": {"n_images": 20000},
-    "quick": {"n_images": 2000},
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PROMPTS = (  # the last two are novel compositions: yellow circles and purple squares never occur in training
+    "a large red circle",
+    "a small blue square above a large green triangle",
+    "a large orange circle to the left of a small red square",
+    "a large yellow circle",
+    "a small purple square below a large blue circle",
+)
+OPTIMIZE_PROMPT = "a large red circle"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long each stage trains, and how much the demo generates and evaluates."""
+
+    vqgan_steps: int
+    gpt_steps: int
+    clip_steps: int
+    rerank: int
+    eval_captions: int  # per caption set (held-out and novel)
+    optimize_iterations: int
+
+
+PROFILES = {
+    "full": Profile(vqgan_steps=1500, gpt_steps=1500, clip_steps=1500, rerank=32, eval_captions=100, optimize_iterations=100),
+    "quick": Profile(vqgan_steps=60, gpt_steps=60, clip_steps=60, rerank=8, eval_captions=8, optimize_iterations=5),
 }
+
+
+class Stage:
+    """One command of the pipeline: its log file and the checkpoint it leaves in `OUT/models/`."""
+
+    def __init__(self, name: str, out: Path, result: str | None = None, owns_folder: bool = True):
+        self.name, self.out, self.owns_folder = name, out, owns_folder
+        self.folder = out / name
+        self.log = out / "logs" / f"{name}.log"
+        # a checkpoint copied to OUT/models/, or a marker written when the command succeeded
+        self.result = out / "models" / result if result else self.log.with_suffix(".complete")
+
+    @property
+    def done(self) -> bool:
+        return self.result.exists()
+
+    def start(self, command: list[str], threads: int | None = None) -> subprocess.Popen:
+        """Start `command` with its output in the stage's log, in a clean stage folder when it owns one."""
+        if self.owns_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        environment = dict(os.environ)
+        if threads:
+            environment["OMP_NUM_THREADS"] = str(threads)
+        print(f"[demo] {self.name}: {' '.join(command)}\n[demo]   log: {self.log}", flush=True)
+        with open(self.log, "w") as log:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+
+    def finish(self, process: subprocess.Popen, started: float) -> None:
+        """Wait for the stage; on success keep its last checkpoint as the stage's result."""
+        if process.wait() != 0:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+            raise RuntimeError(f"demo stage {self.name} failed ({tail[0]}); see {self.log}")
+        if self.result.suffix == ".complete":
+            self.result.touch()
+        else:
+            checkpoints = sorted(self.folder.glob("logs/version_*/checkpoints/last.ckpt"))
+            if not checkpoints:
+                raise RuntimeError(f"demo stage {self.name} wrote no last.ckpt under {self.folder}; see {self.log}")
+            with atomic_path(self.result) as temporary:
+                shutil.copyfile(checkpoints[-1], temporary)
+        print(f"[demo] {self.name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+
+    def run(self, command: list[str], threads: int | None = None) -> None:
+        if self.done:
+            print(f"[demo] {self.name}: reusing {self.result}", flush=True)
+            return
+        started = time.perf_counter()
+        self.finish(self.start(command, threads), started)
+
+
+def fit_command(program: str, config: Path, stage: Stage, steps: int, *overrides: str) -> list[str]:
+    """`python -m PROGRAM fit -c CONFIG` training for `steps` steps into the stage's folder."""
+    return [sys.executable, "-m", program, "fit", "-c", str(config),
+            "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
+            "--trainer.default_root_dir", str(stage.folder),
+            "--trainer.logger.init_args.save_dir", str(stage.folder),
+            "--trainer.enable_progress_bar", "false", *overrides]
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vqgan_clip", *args]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -25,12 +128,47 @@ def run(args: argparse.Namespace) -> None:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     profile = PROFILES["quick" if args.quick else "full"]
-
-    data = write_shapes_folder(out / "data" / "shapes", profile["n_images"], image_size=32)
-    print(f"shapes data: {data}")
+    started = time.perf_counter()
 
     samples = ShapesDataset(64, image_size=32, seed=0)
     batch = [samples[i] for i in range(len(samples))]
-    grid = save_grid(torch.stack([item["image"] for item in batch]), out / "shapes_grid.png", nrow=8)
-    (out / "shapes_grid.txt").write_text("\n".join(item["caption"] for item in batch) + "\n", encoding="utf-8")
-    print(f"sample grid: {grid} (captions in {grid.with_suffix('.txt')})")
+    grid = save_grid(torch.stack([item["image"] for item in batch]), out / "shapes_grid.png", nrow=8,
+                     metadata={"captions": [item["caption"] for item in batch]})
+    print(f"[demo] shapes training data, a sample: {grid}")
+
+    vqgan, codes, gpt = Stage("vqgan", out, "vqgan.ckpt"), Stage("codes", out), Stage("gpt", out, "gpt.ckpt")
+    clip = Stage("clip", out, "clip.ckpt")
+    # CLIP trains beside the VQGAN → codes → GPT chain: one thread each.
+    clip_started, clip_process = time.perf_counter(), None
+    if clip.done:
+        print(f"[demo] clip: reusing {clip.result}")
+    else:
+        clip_process = clip.start(fit_command("clip_rerank", CONFIGS / "clip_rerank/shapes.yaml", clip, profile.clip_steps),
+                                  threads=1)
+    try:
+        vqgan.run(fit_command("vqgan", CONFIGS / "vqgan/shapes.yaml", vqgan, profile.vqgan_steps), threads=1)
+        codes.run(command("tokenize", "--vqgan", str(vqgan.result), "--data", str(CONFIGS / "vqgan/shapes.yaml"),
+                          "--out", str(codes.folder)), threads=1)
+        gpt.run(fit_command("gpt_prior", CONFIGS / "gpt_prior/shapes.yaml", gpt, profile.gpt_steps,
+                            "--data.codes", str(codes.folder), "--model.codes", str(codes.folder)), threads=1)
+        if clip_process is not None:
+            clip.finish(clip_process, clip_started)
+    finally:
+        if clip_process is not None and clip_process.poll() is None:
+            clip_process.terminate()
+    write_demo_models(out, vqgan=vqgan.result, gpt=gpt.result, clip=clip.result)
+    models = {"vqgan": str(vqgan.result), "gpt": str(gpt.result), "clip": str(clip.result)}
+
+    prompts = out / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    Stage("generate", out).run(command("generate", "--prompts-file", str(prompts), "--gpt", models["gpt"],
+                                       "--clip", models["clip"], "--rerank", str(profile.rerank), "--keep", "4",
+                                       "--seed", "0", "--out", str(out / "generate")))
+    Stage("optimize", out).run(command("optimize", OPTIMIZE_PROMPT, "--vqgan", models["vqgan"], "--clip", models["clip"],
+                                       "--iterations", str(profile.optimize_iterations), "--seed", "0",
+                                       "--out", str(out / "optimize")))
+    Stage("eval", out, owns_folder=False).run(command(
+        "eval", "--gpt", models["gpt"], "--clip", models["clip"], "--data", "shapes", "--n", str(profile.eval_captions),
+        "--rerank", str(profile.rerank), "--out", str(out)))
+    print(f"[demo] finished in {(time.perf_counter() - started) / 60:.1f} min")
+    print(f"[demo] report: {out / 'report.html'}")

@@ -111,11 +111,8 @@ class Candidates:
 
 
 def demo_models(demo_dir: str | Path = DEMO_DIR) -> dict[str, Path]:
-    """The models of the latest `make demo` run: {"vqgan", "gpt", "clip"} from `demo_dir`/models.json.
-
-    A relative path in the file is read relative to `demo_dir` (as `write_demo_models` writes them),
-    or, when no such file exists, relative to the working directory.
-    """
+    """The models of the latest `make demo` run: {"vqgan", "gpt", "clip"} from `demo_dir`/models.json,
+    whose relative paths are relative to `demo_dir` (as `write_demo_models` writes them)."""
     demo_dir = Path(demo_dir)
     file = demo_dir / DEMO_MODELS_FILE
     if not file.is_file():
@@ -125,11 +122,7 @@ def demo_models(demo_dir: str | Path = DEMO_DIR) -> dict[str, Path]:
     missing = [key for key in ("vqgan", "gpt", "clip") if key not in entries]
     if missing:
         raise ValueError(f"{file} lacks {', '.join(missing)}; run `make demo` again to rewrite it")
-    def located(path: str) -> Path:
-        inside = demo_dir / path
-        return inside if inside.exists() or not Path(path).exists() else Path(path)
-
-    return {key: located(entries[key]) for key in ("vqgan", "gpt", "clip")}
+    return {key: demo_dir / entries[key] for key in ("vqgan", "gpt", "clip")}
 
 
 def write_demo_models(demo_dir: str | Path, *, vqgan: str | Path, gpt: str | Path, clip: str | Path) -> Path:
