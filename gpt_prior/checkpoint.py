@@ -6,7 +6,7 @@ tokenizer and the path + sha256 of the VQGAN whose codes the prior learned: that
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ class PriorBundle:
     config: GPTConfig
     vqgan_path: str
     vqgan_sha256: str
+    sampling: dict = field(default_factory=dict)  # generation defaults saved by training (temperature, cfg_scale, …)
 
     def text_tokens(self, captions: list[str]) -> torch.Tensor:
         """Captions as the model's LongTensor [B, text_len] (on the CPU); [""] is the unconditional prompt."""
@@ -47,7 +48,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBun
     model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
                            if key.startswith("model.")}, strict=True)
     model.to(map_location)
-    return PriorBundle(model.eval(), TextTokenizer.from_json(saved["tokenizer"]), config, saved["vqgan"], saved["vqgan_sha256"])
+    return PriorBundle(model.eval(), TextTokenizer.from_json(saved["tokenizer"]), config, saved["vqgan"], saved["vqgan_sha256"],
+                       saved.get("sampling", {}))
 
 
 def resolve_vqgan(bundle: PriorBundle, override: str | Path | None = None) -> Path:

@@ -60,6 +60,8 @@ class GPTPriorModule(pl.LightningModule):
         weight_decay: AdamW decay of the Linear matrices (none on embeddings, norms and biases).
         warmup_steps: optimiser steps of linear warmup.
         min_lr_ratio: the cosine ends at min_lr_ratio × learning_rate on the trainer's last step.
+        sampling: generation defaults the checkpoint carries (any of temperature, top_k, top_p,
+            cfg_scale), which `vqgan-clip generate` and `eval` use where no flag overrides them.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class GPTPriorModule(pl.LightningModule):
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
+        sampling: dict[str, float | int | None] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -159,7 +162,8 @@ class GPTPriorModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         config = asdict(self.model.config)
         config["image_grid"] = list(config["image_grid"])  # plain types only: read back with weights_only=True
-        checkpoint[CHECKPOINT_KEY] = {"config": config, "tokenizer": self.tokenizer.to_json(), **self.vqgan_reference}
+        checkpoint[CHECKPOINT_KEY] = {"config": config, "tokenizer": self.tokenizer.to_json(), **self.vqgan_reference,
+                                      "sampling": dict(self.hparams.sampling or {})}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming: the weights go with the tokenizer they were trained with.

@@ -123,6 +123,16 @@ def test_same_seed_same_bytes_new_folder_each_run(models, tmp_path):
     assert (first / "grid.png").read_bytes() != (other / "grid.png").read_bytes()  # another seed, other images
 
 
+def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(models, tmp_path):
+    checkpoint = torch.load(models["gpt"], weights_only=True)
+    checkpoint[CHECKPOINT_KEY]["sampling"] = {"cfg_scale": 1.5, "top_p": 0.8, "temperature": 0.9}
+    torch.save(checkpoint, tmp_path / "gpt.ckpt")
+    out = tmp_path / "out"
+    main(["generate", PROMPT, "--gpt", str(tmp_path / "gpt.ckpt"), "--out", str(out), "--keep", "1", "--top-p", "0.5"])
+    settings = json.loads((out / safe_name(PROMPT) / "results.json").read_text())["settings"]
+    assert (settings["cfg_scale"], settings["temperature"], settings["top_p"]) == (1.5, 0.9, 0.5)
+
+
 def test_without_rerank_clip_is_never_loaded(models, tmp_path, monkeypatch):
     def no_clip(*args, **kwargs):
         raise AssertionError("CLIP must not be loaded without --rerank or --clip")

@@ -254,10 +254,11 @@ def run(args: argparse.Namespace) -> None:
     if args.rerank < 1:
         raise ValueError(f"--rerank must be >= 1 candidates per caption, got {args.rerank}")
     check_data(args.data)  # before the models load
-    sampling = SamplingSettings.from_args(args)
+    SamplingSettings.from_args(args)  # bad flags fail before the models load
     gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip=True)
     models = load_models(gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained,
                          device=args.device, bf16=args.bf16)
+    sampling = SamplingSettings.from_args(args, models.prior.sampling)
     grid_h, grid_w = models.prior.config.image_grid
     if grid_h != grid_w:
         raise ValueError(f"the GPT prior draws {grid_h}×{grid_w} code grids; eval compares with square real images only")

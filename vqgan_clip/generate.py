@@ -47,10 +47,10 @@ SCORE_METRIC = "CLIP score: 100 × cosine similarity of the image and prompt emb
 class SamplingSettings:
     """How the GPT prior draws codes (the arguments of `gpt_prior.sample`).
 
-    A `gpt-prior fit` checkpoint stores no sampling settings, so these defaults are the project's:
-    classifier-free guidance at 3 (the prior is trained with 10% empty captions for it) and a
-    nucleus of 0.95, which drops the rare codes that decode as stray specks without making the
-    candidates so alike that reranking has nothing to choose from.
+    A value comes from the command line, else from the GPT checkpoint (`model.sampling` in its training
+    config), else from these defaults: classifier-free guidance at 3 (the prior is trained with 10% empty
+    captions for it) and a nucleus of 0.95, which drops the rare codes that decode as stray specks
+    without making the candidates so alike that reranking has nothing to choose from.
     """
 
     temperature: float = 1.0
@@ -72,11 +72,13 @@ class SamplingSettings:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SamplingSettings:
-        """The command-line flags over the defaults (`--top-k 0` turns top-k off)."""
+    def from_args(cls, args: argparse.Namespace, checkpoint_defaults: dict[str, Any] | None = None) -> SamplingSettings:
+        """The command-line flags over the checkpoint's defaults over the class defaults (`--top-k 0`
+        turns top-k off)."""
         flags = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                  "cfg_scale": args.cfg, "batch_size": args.batch_size}
-        settings = {name: value for name, value in flags.items() if value is not None}
+        known = {name: value for name, value in (checkpoint_defaults or {}).items() if name in flags}
+        settings = known | {name: value for name, value in flags.items() if value is not None}
         if settings.get("top_k") == 0:
             settings["top_k"] = None
         return cls(**settings)
@@ -312,11 +314,12 @@ def candidate_counts(rerank: int | None, keep: int) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompt, args.prompts_file)
     n, keep = candidate_counts(args.rerank, args.keep)
-    sampling = SamplingSettings.from_args(args)
+    SamplingSettings.from_args(args)  # bad flags fail before the models load
     need_clip = args.rerank is not None or args.clip is not None
     gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip)
     models = load_models(gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained,
                          device=args.device, bf16=args.bf16)
+    sampling = SamplingSettings.from_args(args, models.prior.sampling)
     settings = {**asdict(sampling), "candidates": n, "keep": keep, "bf16": args.bf16, "device": str(models.device)}
     for prompt in prompts:
         candidates = generate_candidates(models, prompt, n, sampling, args.seed)
