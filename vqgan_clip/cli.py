@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from vqgan_clip import data_commands, demo, evaluate, generate, tokenize
+from vqgan_clip import data_commands, demo, evaluate, generate, optimize_command, tokenize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(gen)
     add_sampling_options(gen)
     gen.set_defaults(run=generate.run)
+
+    opt = commands.add_parser("optimize", help="VQGAN-CLIP: steer VQGAN latents toward a prompt with CLIP over augmented cutouts")
+    optimize_command.add_arguments(opt)
+    opt.set_defaults(run=optimize_command.run)
 
     ev = commands.add_parser("eval", help="attribute accuracy, rerank lift, CLIP score, FD-CLIP -> eval.json + report.html")
     ev.add_argument("--data", default="shapes", help="shapes (held-out and novel captions), or an image–caption folder")

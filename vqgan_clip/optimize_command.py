@@ -1,0 +1,241 @@
+"""`vqgan-clip optimize "prompt"`: VQGAN-CLIP from the command line (the loop itself is `optimize.loop`).
+
+Each run gets its own folder under --out, named after the prompt and never reused:
+
+    runs/optimize/a-large-red-circle/
+        final.png     the result, with prompt, seed and settings in its PNG text chunks
+        run.json      prompt, seed, settings, model paths, loss curve, timing
+        frames/       every --save-every steps (and the end), when asked
+        video.mp4     with --video: mp4 through ffmpeg when it is on PATH, else video.gif through Pillow
+
+Models default to the ones `make demo` trained, listed in runs/demo/models.json.
+Ctrl-C ends the optimisation early; the current image and run.json are still written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import clip_rerank
+import gpt_prior
+import vqgan
+from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
+from imagetext.files import atomic_path, safe_name, unique_dir
+from imagetext.images import open_rgb, pil_to_tensor, save_png
+from vqgan_clip.generate import demo_models
+from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
+from optimize.prompts import Prompt, TextPrompt, describe_prompt, parse_image_prompt, parse_noise_prompt, parse_prompts
+
+VIDEO_FPS = 10
+FRAMES_IN_A_DEFAULT_VIDEO = 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="TEXT[:WEIGHT[:STOP]], several joined by '|'; a negative weight repels, "
+                                       "e.g. 'a red circle:1|a blue square:-0.5'")
+    prompts = parser.add_argument_group("more prompts")
+    prompts.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT[:STOP]]",
+                         help="steer toward (or, with a negative weight, away from) an image; repeatable")
+    prompts.add_argument("--noise-prompt", action="append", default=[], metavar="SEED[:WEIGHT[:STOP]]",
+                         help="a random direction in CLIP space, drawn from SEED; repeatable")
+
+    start = parser.add_argument_group("start")
+    start.add_argument("--init", choices=("random", "image", "noise", "gpt"), default=None,
+                       help="random codes (default), --init-image encoded, pixel noise encoded, or a GPT prior sample")
+    start.add_argument("--init-image", metavar="PATH", help="image to start from (implies --init image)")
+    start.add_argument("--gpt", metavar="CKPT", help="GPT prior checkpoint for --init gpt (default: runs/demo/models.json)")
+    start.add_argument("--init-weight", type=float, default=0.0, help="pull z toward its start (default 0: off)")
+
+    run_settings = parser.add_argument_group("optimisation")
+    run_settings.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
+                              help="image size, rounded to the VQGAN's downsample factor "
+                                   "(default: the VQGAN's training size, or the GPT prior's grid with --init gpt)")
+    run_settings.add_argument("--iterations", type=int, default=200, help="optimisation steps (default 200)")
+    run_settings.add_argument("--lr", type=float, default=0.1, help="Adam step size on z (default 0.1)")
+    run_settings.add_argument("--cutn", type=int, default=32, help="augmented cutouts CLIP scores per step (default 32)")
+    run_settings.add_argument("--cut-pow", type=float, default=1.0, help=">1 favours small cutouts, <1 large (default 1)")
+    run_settings.add_argument("--seed", type=int, default=0, help="the same seed repeats the run (default 0)")
+    run_settings.add_argument("--bf16", action="store_true", help="bf16 autocast for the VQGAN and CLIP")
+    run_settings.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                              help="cuda when available, else cpu")
+
+    models = parser.add_argument_group("models (default: the ones in runs/demo/models.json)")
+    models.add_argument("--vqgan", metavar="CKPT", help="this project's VQGAN: .ckpt from `vqgan fit` or .safetensors bundle")
+    models.add_argument("--vqgan-config", metavar="YAML", help="a taming-transformers model.yaml (with --vqgan-checkpoint)")
+    models.add_argument("--vqgan-checkpoint", metavar="CKPT", help="a taming-transformers checkpoint (with --vqgan-config)")
+    models.add_argument("--clip", metavar="SPEC", help="a CLIP checkpoint of this project, or an open_clip architecture")
+    models.add_argument("--clip-pretrained", metavar="TAG_OR_FILE", help="open_clip pretrained tag or weights file")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default="runs/optimize", help="parent folder of the run folders (default runs/optimize)")
+    output.add_argument("--save-every", type=int, default=0, metavar="N", help="save a frame every N steps (default: none)")
+    output.add_argument("--video", action="store_true", help="join the frames into video.mp4 (ffmpeg) or video.gif")
+
+
+def demo_model(key: str) -> str:
+    """The checkpoint `make demo` recorded for `key` ("vqgan", "gpt" or "clip")."""
+    return str(demo_models()[key])
+
+
+def round_size(width: int, height: int, factor: int) -> tuple[int, int, str | None]:
+    """(width, height) rounded to the nearest multiples of `factor` (at least one), and a notice if they changed."""
+    if width < 1 or height < 1:
+        raise ValueError(f"--size {width} {height}: give a positive width and height")
+    rounded = [max(factor, round(side / factor) * factor) for side in (width, height)]
+    if rounded == [width, height]:
+        return width, height, None
+    return (*rounded, f"--size {width} {height} is not a multiple of the VQGAN's downsample factor {factor}; "
+                      f"using {rounded[0]} {rounded[1]}")
+
+
+def load_models(args: argparse.Namespace, gpt_vqgan: Path | None) -> tuple[vqgan.VQGAN, clip_rerank.Scorer, dict[str, str | None]]:
+    """The VQGAN (this project's, a taming one, the GPT prior's own, or the demo's) and the CLIP scorer."""
+    if args.vqgan_config or args.vqgan_checkpoint:
+        if not (args.vqgan_config and args.vqgan_checkpoint):
+            raise ValueError("a taming VQGAN needs both --vqgan-config and --vqgan-checkpoint")
+        if args.vqgan:
+            raise ValueError("give either --vqgan or --vqgan-config/--vqgan-checkpoint, not both")
+        model = vqgan.from_taming(args.vqgan_config, args.vqgan_checkpoint)
+        vqgan_source = f"{args.vqgan_config} + {args.vqgan_checkpoint}"
+    else:
+        vqgan_source = str(args.vqgan or gpt_vqgan or demo_model("vqgan"))
+        model = vqgan.load(vqgan_source)
+    clip_spec = args.clip or demo_model("clip")
+    scorer = clip_rerank.load(clip_spec, pretrained=args.clip_pretrained, device=args.device, bf16=args.bf16)
+    sources = {"vqgan": vqgan_source, "clip": clip_spec, "clip_pretrained": args.clip_pretrained}
+    return model.to(args.device), scorer, sources
+
+
+def gpt_layout(bundle: PriorBundle, prompts: list[Prompt], codebook_size: int,
+               seed: int, device: str, bf16: bool) -> torch.Tensor:
+    """One code grid [1, h, w] sampled by the GPT prior for the first positive text prompt."""
+    texts = [p.text for p in prompts if isinstance(p, TextPrompt) and p.weight > 0]
+    if not texts:
+        raise ValueError("--init gpt needs a text prompt with a positive weight for the GPT to draw")
+    if bundle.config.image_vocab_size != codebook_size:
+        raise ValueError(f"the GPT prior draws {bundle.config.image_vocab_size} codes but the VQGAN has {codebook_size}; "
+                         f"use the VQGAN the prior was trained on ({bundle.vqgan_path})")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return gpt_prior.sample(bundle.model, bundle.text_tokens(texts[:1]), 1, generator=generator, bf16=bf16)
+
+
+def write_video(frames: list[Path], folder: Path) -> Path:
+    """mp4 through ffmpeg when it is on PATH (and works), else an animated GIF through Pillow."""
+    if shutil.which("ffmpeg"):
+        path = folder / "video.mp4"
+        command = ["ffmpeg", "-y", "-loglevel", "error", "-framerate", str(VIDEO_FPS), "-i", str(folder / "frames" / "%05d.png"),
+                   "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p", str(path)]
+        if subprocess.run(command, capture_output=True).returncode == 0:
+            print(f"video: {path} (ffmpeg)")
+            return path
+        print("ffmpeg failed; writing an animated GIF with Pillow instead")
+    else:
+        print("ffmpeg is not on PATH; writing an animated GIF with Pillow")
+    path = folder / "video.gif"
+    images = [Image.open(frame).convert("RGB") for frame in frames]
+    with atomic_path(path) as temporary:
+        images[0].save(temporary, format="GIF", save_all=True, append_images=images[1:],
+                       duration=1000 // VIDEO_FPS, loop=0)
+    print(f"video: {path} (Pillow GIF)")
+    return path
+
+
+def run(args: argparse.Namespace) -> None:
+    prompts: list[Prompt] = [*parse_prompts(args.prompt), *map(parse_image_prompt, args.image_prompt),
+                             *map(parse_noise_prompt, args.noise_prompt)]
+    init = args.init or ("image" if args.init_image else "random")
+    if init == "image" and not args.init_image:
+        raise ValueError("--init image needs --init-image PATH")
+    if args.init_image and init != "image":
+        raise ValueError(f"--init-image is only used with --init image, not --init {init}")
+    if args.save_every < 0:
+        raise ValueError(f"--save-every {args.save_every}: give 0 (no frames) or a positive number of steps")
+
+    bundle, gpt_path = None, None
+    if init == "gpt":
+        gpt_path = args.gpt or demo_model("gpt")
+        bundle = gpt_prior.load(gpt_path, map_location=args.device)
+    vqgan_given = args.vqgan or args.vqgan_config or args.vqgan_checkpoint
+    model, scorer, sources = load_models(args, resolve_vqgan(bundle) if bundle and not vqgan_given else None)
+    sources["gpt"] = gpt_path
+
+    factor = model.downsample_factor
+    if args.size is not None:
+        width, height, notice = round_size(*args.size, factor)
+        if notice:
+            print(notice)
+    elif bundle is not None:
+        height, width = (side * factor for side in bundle.config.image_grid)
+    else:
+        width = height = model.config.ddconfig.resolution
+
+    init_codes = init_image = None
+    if bundle is not None:
+        init_codes = gpt_layout(bundle, prompts, model.codebook_size, args.seed, args.device, args.bf16)
+    if args.init_image:
+        if not Path(args.init_image).is_file():
+            raise FileNotFoundError(f"--init-image {args.init_image} not found")
+        init_image = pil_to_tensor(open_rgb(args.init_image))
+    settings = OptimizeSettings(width=width, height=height, iterations=args.iterations, lr=args.lr, cutn=args.cutn,
+                                cut_pow=args.cut_pow, init="codes" if init == "gpt" else init,
+                                init_weight=args.init_weight, seed=args.seed, bf16=args.bf16)
+
+    save_every = args.save_every
+    if args.video and not save_every:
+        save_every = max(1, args.iterations // FRAMES_IN_A_DEFAULT_VIDEO)
+        print(f"--video without --save-every: saving a frame every {save_every} steps")
+    folder = unique_dir(args.out, safe_name(args.prompt))
+    metadata = {"prompt": args.prompt, "prompts": [describe_prompt(p) for p in prompts], "seed": args.seed,
+                "init": init, "settings": asdict(settings), "models": sources}
+    frames: list[Path] = []
+
+    def save_frame(image: torch.Tensor, step: int) -> None:
+        frames.append(save_png(image, folder / "frames" / f"{len(frames):05d}.png", metadata | {"step": step}))
+
+    started = time.perf_counter()
+    with tqdm(total=settings.iterations, desc="optimize", unit="step") as bar:
+        def on_step(info: StepInfo) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{info.loss:.4f}", refresh=False)
+            if save_every and info.step % save_every == 0:
+                save_frame(info.image, info.step)
+
+        result = optimize(model, scorer, prompts, settings, init_image=init_image, init_codes=init_codes, callback=on_step)
+    seconds = time.perf_counter() - started
+    write_outputs(folder, result, metadata, seconds, save_frame if save_every else None)
+    if args.video and frames:
+        write_video(frames, folder)
+
+
+def write_outputs(folder: Path, result: OptimizeResult, metadata: dict, seconds: float,
+                  save_frame: Callable[[torch.Tensor, int], None] | None) -> None:
+    """final.png (and a last frame), then run.json; says so when the run was interrupted."""
+    steps = len(result.losses)
+    if save_frame is not None:
+        save_frame(result.image, steps)
+    image = save_png(result.image, folder / "final.png", metadata | {"steps": steps, "interrupted": result.interrupted})
+    record = metadata | {
+        "image": image.name,
+        "steps": steps,
+        "interrupted": result.interrupted,
+        "seconds": round(seconds, 3),
+        "iterations_per_second": round(steps / seconds, 4) if seconds > 0 else None,
+        "losses": result.losses,
+        "codes": result.codes.tolist(),
+    }
+    with atomic_path(folder / "run.json") as temporary:
+        temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if result.interrupted:
+        print(f"interrupted after {steps} of {metadata['settings']['iterations']} steps; saved the current image")
+    print(f"wrote {image} and {folder / 'run.json'} (final loss {result.losses[-1]:.4f})" if result.losses
+          else f"wrote {image} and {folder / 'run.json'}")
