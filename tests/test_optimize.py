@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import clip_rerank
-from vqgan_clip.generate import write_demo_models
 import gpt_prior
 import vqgan
 from clip_rerank.scorer import Scorer
@@ -35,6 +34,7 @@ from optimize import (
     spherical_distance,
 )
 from vqgan_clip import optimize_command
+from vqgan_clip.generate import write_demo_models
 from vqgan_clip.optimize_command import add_arguments, run
 
 TINY_DDCONFIG = dict(ch=32, out_ch=3, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0,
