@@ -1,9 +1,13 @@
 """The demo's stage runner: a stage's checkpoint is kept, a finished stage is reused, a failed one is named."""
+import json
+import subprocess
 import sys
 
 import pytest
 
-from vqgan_clip.demo import Stage
+from imagetext.files import safe_name
+from vqgan_clip.demo import PROMPTS, Stage
+from vqgan_clip.generate import demo_models
 
 
 def python(code: str) -> list[str]:
@@ -44,3 +48,30 @@ def test_a_fit_that_leaves_no_checkpoint_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="wrote no last.ckpt"):
         stage.run(python("pass"))
     assert not stage.done
+
+
+@pytest.mark.slow
+def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
+    """`vqgan-clip demo --quick`: every stage as a user runs it, on a fresh folder (about 3 minutes)."""
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--quick", "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"report: {out / 'report.html'}" in result.stdout
+    models = demo_models(out)
+    assert all(path.is_file() for path in models.values())
+    folders = sorted((out / "generate").iterdir())
+    assert [folder.name for folder in folders] == sorted(safe_name(prompt) for prompt in PROMPTS)
+    for folder in folders:
+        results = json.loads((folder / "results.json").read_text())
+        assert len(results["candidates"]) == 8 and (folder / "04.png").is_file()
+    (run,) = (out / "optimize").iterdir()
+    assert (run / "final.png").is_file()
+    figures = json.loads((out / "eval.json").read_text())["sets"]
+    assert set(figures) == {"held_out", "novel"}
+    assert 0 <= figures["held_out"]["attribute_accuracy"]["reranked_top1"] <= 1
+    assert (out / "report.html").read_text().count("data:image/png;base64,") > 10
+    # A second run reuses every stage.
+    again = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--quick", "--out", str(out)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 7

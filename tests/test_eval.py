@@ -15,7 +15,7 @@ from vqgan_clip.cli import main
 from vqgan_clip.evaluate import evaluate_set, shapes_caption_sets
 
 FIGURES = {
-    "attribute_accuracy": {"real", "single_sample", "reranked_top1", "rerank_lift"},
+    "attribute_accuracy": {"real", "vqgan_reconstruction", "single_sample", "reranked_top1", "rerank_lift"},
     "clip_score": {"real", "single_sample", "reranked_top1"},
     "fd_clip": {"single_sample", "reranked_top1"},
     "vqgan": {"psnr_db", "codebook_usage"},

@@ -9,8 +9,10 @@ CLIP-best of the N is the reranked top-1.
 Figures per set (eval.json: "sets" → set name → group → figure):
     attribute_accuracy  only when every caption is a shapes caption: the fraction of captions whose
                         image the parser (imagetext.describe.matches) finds to show every attribute.
-                        "real": the data's own images (the ruler's ceiling), "single_sample",
-                        "reranked_top1", and "rerank_lift" = reranked_top1 − single_sample.
+                        "real": the data's own images (the ruler's ceiling), "vqgan_reconstruction":
+                        those images encoded and decoded by the VQGAN (the ceiling of anything the
+                        GPT's codes can show), "single_sample", "reranked_top1", and "rerank_lift" =
+                        reranked_top1 − single_sample.
     clip_score          mean CLIP score (100 × cosine) of "real", "single_sample", "reranked_top1" images
                         with their captions.
     fd_clip             FD-CLIP of the "single_sample" and of the "reranked_top1" images against the real ones.
@@ -123,10 +125,11 @@ def attribute_accuracy(captions: list[str], images: Tensor) -> float:
     return sum(matches(caption, image) for caption, image in zip(captions, images)) / len(captions)
 
 
-def reconstruction_figures(vqgan: VQGAN, images: Tensor, bf16: bool = False) -> dict[str, float]:
-    """PSNR (dB, mean over images) and codebook usage of the VQGAN encoding and decoding `images`."""
+def reconstruction_figures(vqgan: VQGAN, images: Tensor, bf16: bool = False) -> tuple[dict[str, float], Tensor]:
+    """PSNR (dB, mean over images) and codebook usage of the VQGAN encoding and decoding `images`, and the
+    reconstructions themselves [B, 3, H, W] on the CPU."""
     device = next(vqgan.parameters()).device
-    total_psnr, codes = 0.0, []
+    total_psnr, codes, decoded = 0.0, [], []
     for batch in images.split(RECONSTRUCTION_BATCH):
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -134,7 +137,9 @@ def reconstruction_figures(vqgan: VQGAN, images: Tensor, bf16: bool = False) -> 
             reconstructions = vqgan.decode_codes(batch_codes).float()
         total_psnr += psnr(batch, reconstructions).item() * len(batch)
         codes.append(batch_codes.cpu())
-    return {"psnr_db": total_psnr / len(images), "codebook_usage": codebook_usage(torch.cat(codes), vqgan.codebook_size).item()}
+        decoded.append(reconstructions.cpu())
+    figures = {"psnr_db": total_psnr / len(images), "codebook_usage": codebook_usage(torch.cat(codes), vqgan.codebook_size).item()}
+    return figures, torch.cat(decoded)
 
 
 def evaluate_set(caption_set: CaptionSet, source: CandidateSource, scorer: Scorer, vqgan: VQGAN, n_candidates: int,
@@ -154,15 +159,17 @@ def evaluate_set(caption_set: CaptionSet, source: CandidateSource, scorer: Score
     real_scores = clip_score(scorer, captions, real).per_image.cpu()
 
     figures: dict[str, object] = {"n_captions": len(captions), "n_candidates": n_candidates}
+    vqgan_figures, reconstructions = reconstruction_figures(vqgan, real, bf16)
     if are_shapes_captions(captions):
         accuracy = {"real": attribute_accuracy(captions, real),
+                    "vqgan_reconstruction": attribute_accuracy(captions, reconstructions),
                     "single_sample": attribute_accuracy(captions, single),
                     "reranked_top1": attribute_accuracy(captions, top1)}
         figures["attribute_accuracy"] = {**accuracy, "rerank_lift": accuracy["reranked_top1"] - accuracy["single_sample"]}
     figures["clip_score"] = {"real": real_scores.mean().item(), "single_sample": scores[:, 0].mean().item(),
                              "reranked_top1": scores.max(dim=1).values.mean().item()}
     figures["fd_clip"] = {"single_sample": fd_clip(scorer, single, real), "reranked_top1": fd_clip(scorer, top1, real)}
-    figures["vqgan"] = reconstruction_figures(vqgan, real, bf16)
+    figures["vqgan"] = vqgan_figures
     return SetEvaluation(caption_set, candidates, scores, real_scores, figures)
 
 
@@ -241,7 +248,8 @@ def summary(evaluations: list[SetEvaluation]) -> str:
         if evaluation.has_attribute_accuracy:
             accuracy = figures["attribute_accuracy"]
             parts.append(f"accuracy {100 * accuracy['single_sample']:.1f}% -> {100 * accuracy['reranked_top1']:.1f}% "
-                         f"reranked ({100 * accuracy['rerank_lift']:+.1f} points),")
+                         f"reranked ({100 * accuracy['rerank_lift']:+.1f} points; VQGAN reconstructions "
+                         f"{100 * accuracy['vqgan_reconstruction']:.1f}%),")
         parts.append(f"CLIP score {figures['clip_score']['reranked_top1']:.2f} (real {figures['clip_score']['real']:.2f}),"
                      f" FD-CLIP {figures['fd_clip']['reranked_top1']:.4f}, VQGAN PSNR {figures['vqgan']['psnr_db']:.2f} dB")
         lines.append(" ".join(parts))
