@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 import clip_rerank
@@ -294,6 +295,26 @@ def test_cli_writes_image_frames_video_and_run_json_without_overwriting(checkpoi
 
     again = cli_run(checkpoints, out, "a red circle:1|a blue square:-0.5", "--iterations", "1", "--cutn", "2")
     assert again.name == folder.name + "-2" and (folder / "final.png").is_file()
+
+
+def test_video_without_ffmpeg_or_when_it_fails_is_a_gif(tmp_path, monkeypatch, capsys):
+    frames = []
+    for index, shade in enumerate((-1.0, 0.0, 1.0)):
+        frames.append(save_png(torch.full((3, 8, 8), shade), tmp_path / "frames" / f"{index:05d}.png"))
+    monkeypatch.setattr(optimize_command.shutil, "which", lambda name: None)
+    assert optimize_command.write_video(frames, tmp_path).name == "video.gif"
+    assert "ffmpeg is not on PATH" in capsys.readouterr().out
+    with Image.open(tmp_path / "video.gif") as gif:
+        assert gif.n_frames == 3
+    (tmp_path / "video.gif").unlink()
+
+    def failing_ffmpeg(command, **kwargs):
+        raise optimize_command.subprocess.CalledProcessError(1, command)
+
+    monkeypatch.setattr(optimize_command.shutil, "which", lambda name: "/usr/bin/ffmpeg")
+    monkeypatch.setattr(optimize_command.subprocess, "run", failing_ffmpeg)
+    assert optimize_command.write_video(frames, tmp_path).name == "video.gif"
+    assert "ffmpeg failed" in capsys.readouterr().out and not (tmp_path / "video.mp4").exists()
 
 
 def test_cli_same_seed_same_png(checkpoints, tmp_path):

@@ -133,12 +133,16 @@ def write_video(frames: list[Path], folder: Path) -> Path:
     """mp4 through ffmpeg when it is on PATH (and works), else an animated GIF through Pillow."""
     if shutil.which("ffmpeg"):
         path = folder / "video.mp4"
-        command = ["ffmpeg", "-y", "-loglevel", "error", "-framerate", str(VIDEO_FPS), "-i", str(folder / "frames" / "%05d.png"),
-                   "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p", str(path)]
-        if subprocess.run(command, capture_output=True).returncode == 0:
+        command = ["ffmpeg", "-y", "-loglevel", "error", "-framerate", str(VIDEO_FPS),
+                   "-i", str(folder / "frames" / "%05d.png"), "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+                   "-pix_fmt", "yuv420p", "-f", "mp4"]
+        try:
+            with atomic_path(path) as temporary:  # a failed encode leaves no video.mp4 behind
+                subprocess.run([*command, str(temporary)], capture_output=True, check=True)
             print(f"video: {path} (ffmpeg)")
             return path
-        print("ffmpeg failed; writing an animated GIF with Pillow instead")
+        except subprocess.CalledProcessError:
+            print("ffmpeg failed; writing an animated GIF with Pillow instead")
     else:
         print("ffmpeg is not on PATH; writing an animated GIF with Pillow")
     path = folder / "video.gif"
