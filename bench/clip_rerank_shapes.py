@@ -87,7 +87,7 @@ def one_attribute_variants(scene: Scene, split: str) -> list[tuple[str, Scene]]:
 def build_case(caption_scene: Scene, n_candidates: int, pool: dict, image_size: int, split: str,
                rng: np.random.Generator) -> tuple[torch.Tensor, list[str | None]]:
     """Candidate images [n,3,S,S] in [-1,1] in a random order, and the attribute each differs in (None: the match)."""
-    truth = replace(caption_scene, objects=tuple(replace(o, box=None) for o in caption_scene.objects))
+    truth = caption_scene.without_boxes()
     variants = one_attribute_variants(truth, split)
     order = rng.permutation(len(variants))
     candidates = [(None, truth)] + [variants[order[i % len(variants)]] for i in range(n_candidates - 1)]

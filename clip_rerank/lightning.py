@@ -96,8 +96,7 @@ def retrieval_accuracy(image_features: torch.Tensor, text_features: torch.Tensor
 
 def scene_from_labels(labels: dict) -> Scene:
     """The Scene (without boxes) of a shapes item's `labels` dict."""
-    objects = tuple(ShapeObject(o["size"], o["color"], o["shape"]) for o in labels["objects"])
-    return Scene(objects, labels.get("relation"))
+    return scene_from_dict(labels).without_boxes()
 
 
 def same_picture(a: Scene, b: Scene) -> bool:

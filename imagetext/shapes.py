@@ -71,6 +71,10 @@ class Scene:
     objects: tuple[ShapeObject, ...]
     relation: str | None = None
 
+    def without_boxes(self) -> Scene:
+        """The same scene as a caption states it: objects and relation, no placement."""
+        return replace(self, objects=tuple(replace(o, box=None) for o in self.objects))
+
     @property
     def caption(self) -> str:
         if len(self.objects) == 1:
