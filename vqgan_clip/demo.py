@@ -71,13 +71,19 @@ class Stage:
         self.log = out / "logs" / f"{name}.log"
         # a checkpoint copied to OUT/models/, or a marker written when the command succeeded
         self.result = out / "models" / result if result else self.log.with_suffix(".complete")
+        self.process: subprocess.Popen | None = None  # while the stage's command runs
+        self.started = 0.0
 
     @property
     def done(self) -> bool:
         return self.result.exists()
 
-    def start(self, command: list[str], threads: int | None = None) -> subprocess.Popen:
-        """Start `command` with its output in the stage's log, in a clean stage folder when it owns one."""
+    def start(self, command: list[str], threads: int | None = None) -> None:
+        """Start `command` in the background, with its output in the stage's log and in a clean stage folder
+        when it owns one; or, when the stage's result is already there, say that it is reused."""
+        if self.done:
+            print(f"[demo] {self.name}: reusing {self.result}", flush=True)
+            return
         if self.owns_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.mkdir(parents=True)
@@ -86,11 +92,15 @@ class Stage:
         if threads:
             environment["OMP_NUM_THREADS"] = str(threads)
         print(f"[demo] {self.name}: {' '.join(command)}\n[demo]   log: {self.log}", flush=True)
+        self.started = time.perf_counter()
         with open(self.log, "w") as log:
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
 
-    def finish(self, process: subprocess.Popen, started: float) -> None:
-        """Wait for the stage; on success keep its last checkpoint as the stage's result."""
+    def finish(self) -> None:
+        """Wait for a started stage; on success keep its last checkpoint as the stage's result."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
         if process.wait() != 0:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
             raise RuntimeError(f"demo stage {self.name} failed ({tail[0]}); see {self.log}")
@@ -102,14 +112,17 @@ class Stage:
                 raise RuntimeError(f"demo stage {self.name} wrote no last.ckpt under {self.folder}; see {self.log}")
             with atomic_path(self.result) as temporary:
                 shutil.copyfile(checkpoints[-1], temporary)
-        print(f"[demo] {self.name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"[demo] {self.name}: done in {time.perf_counter() - self.started:.0f} s", flush=True)
+
+    def stop(self) -> None:
+        """End the stage's command if it still runs (the demo stopped early)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
 
     def run(self, command: list[str], threads: int | None = None) -> None:
-        if self.done:
-            print(f"[demo] {self.name}: reusing {self.result}", flush=True)
-            return
-        started = time.perf_counter()
-        self.finish(self.start(command, threads), started)
+        """Start the stage and wait for it."""
+        self.start(command, threads)
+        self.finish()
 
 
 def fit_command(program: str, config: Path, stage: Stage, steps: int, *overrides: str) -> list[str]:
@@ -141,23 +154,16 @@ def run(args: argparse.Namespace) -> None:
     vqgan, codes, gpt = Stage("vqgan", out, "vqgan.ckpt"), Stage("codes", out), Stage("gpt", out, "gpt.ckpt")
     clip = Stage("clip", out, "clip.ckpt")
     # CLIP trains beside the VQGAN → codes → GPT chain: one thread each.
-    clip_started, clip_process = time.perf_counter(), None
-    if clip.done:
-        print(f"[demo] clip: reusing {clip.result}")
-    else:
-        clip_process = clip.start(fit_command("clip_rerank", CONFIGS / "clip_rerank/shapes.yaml", clip, profile.clip_steps),
-                                  threads=1)
+    clip.start(fit_command("clip_rerank", CONFIGS / "clip_rerank/shapes.yaml", clip, profile.clip_steps), threads=1)
     try:
         vqgan.run(fit_command("vqgan", CONFIGS / "vqgan/shapes.yaml", vqgan, profile.vqgan_steps), threads=1)
         codes.run(command("tokenize", "--vqgan", str(vqgan.result), "--data", str(CONFIGS / "vqgan/shapes.yaml"),
                           "--out", str(codes.folder)), threads=1)
         gpt.run(fit_command("gpt_prior", CONFIGS / "gpt_prior/shapes.yaml", gpt, profile.gpt_steps,
                             "--data.codes", str(codes.folder), "--model.codes", str(codes.folder)), threads=1)
-        if clip_process is not None:
-            clip.finish(clip_process, clip_started)
+        clip.finish()
     finally:
-        if clip_process is not None and clip_process.poll() is None:
-            clip_process.terminate()
+        clip.stop()
     write_demo_models(out, vqgan=vqgan.result, gpt=gpt.result, clip=clip.result)
     models = {"vqgan": str(vqgan.result), "gpt": str(gpt.result), "clip": str(clip.result)}
 
