@@ -152,6 +152,25 @@ def choose_checkpoints(gpt: str | None, vqgan_path: str | None, clip: str | None
     return gpt, vqgan_path, clip
 
 
+def load_prior(gpt: str | Path, device: str | torch.device = "cpu") -> PriorBundle:
+    """The GPT prior of a `gpt-prior fit` checkpoint; a missing or unreadable file is a one-line error."""
+    gpt = Path(gpt)
+    if not gpt.is_file():
+        raise FileNotFoundError(f"GPT prior checkpoint {gpt} not found; pass --gpt with a .ckpt from `gpt-prior fit`")
+    try:
+        return gpt_prior.load(gpt, map_location=device)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # not a torch file, or not tensors and plain data
+        raise ValueError(f"{gpt} cannot be read as a `gpt-prior fit` checkpoint (torch.load with weights_only "
+                         f"failed); pass --gpt with a .ckpt from `gpt-prior fit`") from error
+
+
+def check_codebook(prior: PriorBundle, codebook_size: int, vqgan_name: str | Path) -> None:
+    """The prior's codes must index this VQGAN's codebook."""
+    if codebook_size != prior.config.image_vocab_size:
+        raise ValueError(f"VQGAN {vqgan_name} has {codebook_size} codes, but the GPT prior draws "
+                         f"{prior.config.image_vocab_size}; pass the prior's own VQGAN with --vqgan ({prior.vqgan_path})")
+
+
 def load_models(gpt: str | Path, *, vqgan_path: str | Path | None = None, clip: str | None = None,
                 clip_pretrained: str | None = None, device: str | torch.device = "cpu", bf16: bool = False) -> Models:
     """Load the GPT prior, the VQGAN it was trained on (or `vqgan_path`) and, when `clip` is given, CLIP.
@@ -161,18 +180,10 @@ def load_models(gpt: str | Path, *, vqgan_path: str | Path | None = None, clip: 
     """
     device = torch.device(device)
     gpt = Path(gpt)
-    if not gpt.is_file():
-        raise FileNotFoundError(f"GPT prior checkpoint {gpt} not found; pass --gpt with a .ckpt from `gpt-prior fit`")
-    try:
-        prior = gpt_prior.load(gpt, map_location=device)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # not a torch file, or not tensors and plain data
-        raise ValueError(f"{gpt} cannot be read as a `gpt-prior fit` checkpoint (torch.load with weights_only "
-                         f"failed); pass --gpt with a .ckpt from `gpt-prior fit`") from error
+    prior = load_prior(gpt, device)
     vqgan_file = resolve_vqgan(prior, vqgan_path)
     decoder = vqgan.load(vqgan_file, map_location=device)
-    if decoder.codebook_size != prior.config.image_vocab_size:
-        raise ValueError(f"VQGAN {vqgan_file} has {decoder.codebook_size} codes, but the GPT prior {gpt} draws "
-                         f"{prior.config.image_vocab_size}; pass the prior's own VQGAN with --vqgan")
+    check_codebook(prior, decoder.codebook_size, vqgan_file)
     scorer = None if clip is None else clip_rerank.load(clip, pretrained=clip_pretrained, device=device, bf16=bf16)
     checkpoints = {
         "gpt": {"path": str(gpt.resolve()), "sha256": file_sha256(gpt)},

@@ -32,9 +32,9 @@ import vqgan
 from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
 from imagetext.files import atomic_path, safe_name, unique_dir
 from imagetext.images import open_rgb, pil_to_tensor, save_png
-from vqgan_clip.generate import demo_models
 from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
 from optimize.prompts import Prompt, TextPrompt, describe_prompt, parse_image_prompt, parse_noise_prompt, parse_prompts
+from vqgan_clip.generate import check_codebook, demo_models, load_prior
 
 VIDEO_FPS = 10
 FRAMES_IN_A_DEFAULT_VIDEO = 100
@@ -116,15 +116,13 @@ def load_models(args: argparse.Namespace, gpt_vqgan: Path | None) -> tuple[vqgan
     return model.to(args.device), scorer, sources
 
 
-def gpt_layout(bundle: PriorBundle, prompts: list[Prompt], codebook_size: int,
+def gpt_layout(bundle: PriorBundle, prompts: list[Prompt], codebook_size: int, vqgan_name: str,
                seed: int, device: str, bf16: bool) -> torch.Tensor:
     """One code grid [1, h, w] sampled by the GPT prior for the first positive text prompt."""
     texts = [p.text for p in prompts if isinstance(p, TextPrompt) and p.weight > 0]
     if not texts:
         raise ValueError("--init gpt needs a text prompt with a positive weight for the GPT to draw")
-    if bundle.config.image_vocab_size != codebook_size:
-        raise ValueError(f"the GPT prior draws {bundle.config.image_vocab_size} codes but the VQGAN has {codebook_size}; "
-                         f"use the VQGAN the prior was trained on ({bundle.vqgan_path})")
+    check_codebook(bundle, codebook_size, vqgan_name)
     generator = torch.Generator(device=device).manual_seed(seed)
     return gpt_prior.sample(bundle.model, bundle.text_tokens(texts[:1]), 1, generator=generator, bf16=bf16)
 
@@ -168,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
     bundle, gpt_path = None, None
     if init == "gpt":
         gpt_path = args.gpt or demo_model("gpt")
-        bundle = gpt_prior.load(gpt_path, map_location=args.device)
+        bundle = load_prior(gpt_path, args.device)
     vqgan_given = args.vqgan or args.vqgan_config or args.vqgan_checkpoint
     model, scorer, sources = load_models(args, resolve_vqgan(bundle) if bundle and not vqgan_given else None)
     sources["gpt"] = gpt_path
@@ -185,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
 
     init_codes = init_image = None
     if bundle is not None:
-        init_codes = gpt_layout(bundle, prompts, model.codebook_size, args.seed, args.device, args.bf16)
+        init_codes = gpt_layout(bundle, prompts, model.codebook_size, sources["vqgan"], args.seed, args.device, args.bf16)
     if args.init_image:
         if not Path(args.init_image).is_file():
             raise FileNotFoundError(f"--init-image {args.init_image} not found")
