@@ -5,6 +5,23 @@ from pathlib import Path
 import yaml
 
 
+def tiny_trainer(*callbacks: dict, **settings) -> dict:
+    """The trainer block the stage tests share: one epoch on the CPU, CSV logs (their save_dir is set by
+    `write_stage_config`), last.ckpt kept; extra `callbacks` and `settings` are added."""
+    return {
+        "max_epochs": 1,
+        "log_every_n_steps": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": None, "name": "logs"}},
+        "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                       "init_args": {"save_last": True, "save_top_k": 0}}, *callbacks],
+        **settings,
+    }
+
+
 def write_stage_config(base: dict, folder: Path, name: str = "tiny.yaml", **overrides) -> Path:
     """Write `base` to folder/name, with its CSV logs under `folder` and dotted-key overrides
     (`**{"data.image_size": 17}`) applied."""

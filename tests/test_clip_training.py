@@ -29,7 +29,7 @@ from clip_rerank.lightning import (
 from imagetext.describe import matches
 from imagetext.shapes import ShapesDataset, parse_caption
 from imagetext.training import WarmupCosine
-from stage_configs import write_stage_config
+from stage_configs import tiny_trainer, write_stage_config
 
 # The smallest CLIP that still uses open_clip's BPE vocabulary (most of its weights are the token embedding).
 NANO_CONFIG = {
@@ -40,17 +40,7 @@ NANO_CONFIG = {
 
 TINY = {
     "seed_everything": 0,
-    "trainer": {
-        "max_epochs": 1,
-        "log_every_n_steps": 1,
-        "accelerator": "cpu",
-        "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": None, "name": "logs"}},
-        "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                       "init_args": {"save_last": True, "save_top_k": 0}}],
-    },
+    "trainer": tiny_trainer(),
     "model": {"architecture": None, "learning_rate": 2.0e-3, "warmup_steps": 2, "crop_min_side": 0.8,
               "hard_negatives": True},
     "data": {"source": "shapes", "image_size": 16, "batch_size": 8, "n_train": 32, "n_val": 24, "num_workers": 0},

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import gpt_prior
 from gpt_prior.checkpoint import resolve_vqgan
@@ -16,6 +15,7 @@ from gpt_prior.lightning import GPTPriorModule, drop_captions
 from imagetext.training import WarmupCosine
 from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
 from imagetext.shapes import scene_at
+from stage_configs import tiny_trainer, write_stage_config
 
 GRID = (4, 4)
 CODEBOOK = 16
@@ -63,26 +63,12 @@ def write_config(tmp_path: Path, codes: Path, name: str = "tiny.yaml", callbacks
                  **model) -> Path:
     config = {
         "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 1,
-            "limit_val_batches": 1,
-            "log_every_n_steps": 1,
-            "accelerator": "cpu",
-            "devices": 1,
-            "gradient_clip_val": 1.0,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "logs"}},
-            "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                           "init_args": {"save_last": True, "save_top_k": 0}}, *callbacks],
-        },
+        "trainer": tiny_trainer(*callbacks, limit_val_batches=1, gradient_clip_val=1.0),
         "model": {"codes": "${data.codes}", "text_len": 24, "vocab_size": 256, "n_layer": 2, "n_head": 2, "n_embd": 32,
                   "learning_rate": LEARNING_RATE, "warmup_steps": 2, "min_lr_ratio": 0.1, **model},
         "data": {"codes": str(codes), "batch_size": 8, "num_workers": num_workers},
     }
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_stage_config(config, tmp_path, name)
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -8,24 +8,12 @@ import pytest
 import torch
 
 import vqgan
-from stage_configs import write_stage_config
+from stage_configs import tiny_trainer, write_stage_config
 from vqgan.cli import main
 
 TINY = {
     "seed_everything": 0,
-    "trainer": {
-        "max_epochs": 1,
-        "limit_train_batches": 4,
-        "limit_val_batches": 1,
-        "log_every_n_steps": 1,
-        "accelerator": "cpu",
-        "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": None, "name": "logs"}},
-        "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                       "init_args": {"save_last": True, "save_top_k": 0}}],
-    },
+    "trainer": tiny_trainer(limit_train_batches=4, limit_val_batches=1),
     "model": {
         "embed_dim": 8,
         "n_embed": 16,
