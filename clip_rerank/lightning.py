@@ -33,12 +33,13 @@ from einops import rearrange
 
 from clip_rerank.load import checkpoint_metadata, load
 from imagetext.images import array_to_tensor
-from imagetext.shapes import COLORS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, reflect, render, scene_from_dict
+from imagetext.shapes import (COLORS, OPPOSITE_RELATION, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, reflect, render,
+                              scene_from_dict)
 from imagetext.training import WarmupCosine
 
 ATTRIBUTES = ("color", "shape", "size", "relation")
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp: a temperature of at least 1/100
-OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
+REFLECT_TO = ("opposite", "any")
 
 
 def random_crop(images: torch.Tensor, generator: torch.Generator, min_side: float, flip: bool = False) -> torch.Tensor:
@@ -104,7 +105,7 @@ def same_picture(a: Scene, b: Scene) -> bool:
     way round with the relation reversed ("a red circle above a blue square" = "a blue square below a red circle")."""
     if a.caption == b.caption:
         return True
-    return len(a.objects) == 2 and b.relation == OPPOSITE[a.relation] and a.objects == b.objects[::-1]
+    return len(a.objects) == 2 and b.relation == OPPOSITE_RELATION[a.relation] and a.objects == b.objects[::-1]
 
 
 def one_attribute_swaps(scene: Scene, every_object: bool = False) -> dict[str, list[Scene]]:
@@ -150,12 +151,21 @@ def order_swap_captions(labels: list[dict]) -> list[str]:
             for scene in scenes if len(scene.objects) == 2 and scene.objects[0] != scene.objects[1]]
 
 
-def with_reflected_pairs(images: torch.Tensor, captions: list[str], labels: list[dict]
-                         ) -> tuple[torch.Tensor, list[str], list[dict]]:
-    """The batch followed by the reflection (`imagetext.shapes.reflect`) of each of its two-object scenes:
-    its image rendered at the batch's size, its caption and its labels."""
+def with_reflected_pairs(images: torch.Tensor, captions: list[str], labels: list[dict],
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[str], list[dict]]:
+    """The batch followed by a reflection (`imagetext.shapes.reflect`) of each of its two-object scenes: its
+    image rendered at the batch's size, its caption and its labels. The reflection takes the opposite
+    relation; with a `generator`, a relation drawn uniformly among the three the scene does not have."""
     image_size = images.shape[-1]
-    reflected = [reflect(scene_from_dict(item), image_size) for item in labels if item.get("relation")]
+    reflected = []
+    for item in labels:
+        if not item.get("relation"):
+            continue
+        relation = None
+        if generator is not None:
+            others = [r for r in RELATIONS if r != item["relation"]]
+            relation = others[int(torch.randint(len(others), (), generator=generator))]
+        reflected.append(reflect(scene_from_dict(item), image_size, relation))
     if not reflected:
         return images, captions, labels
     rendered = torch.stack([array_to_tensor(render(scene, image_size)) for scene in reflected])
@@ -215,6 +225,9 @@ class CLIPModule(pl.LightningModule):
             (`imagetext.shapes.reflect`: same objects, mirrored layout, opposite relation), so the batch
             holds pairs of images and captions that differ in the relation alone, in both directions of
             the contrastive loss.
+        reflect_to: the relation of those reflections: "opposite" (above <-> below, left <-> right: pairs
+            only a model that binds each colour to its place tells apart) or "any" (one of the three other
+            relations, drawn per scene and step, so also above <-> to the left of).
         seed: seed of the augmentation and the hard negatives; the draws of each batch are a function of
             (seed, global_step).
     """
@@ -233,11 +246,14 @@ class CLIPModule(pl.LightningModule):
         hard_negatives: bool = False,
         order_negatives: bool = False,
         reflected_pairs: bool = False,
+        reflect_to: str = "opposite",
         seed: int = 0,
     ):
         super().__init__()
         if not 0 < crop_min_side <= 1:
             raise ValueError(f"model.crop_min_side must be in (0, 1], got {crop_min_side}; 1.0 turns cropping off")
+        if reflect_to not in REFLECT_TO:
+            raise ValueError(f"model.reflect_to must be one of {REFLECT_TO}, got {reflect_to!r}")
         if warmup_steps < 1:
             raise ValueError(f"model.warmup_steps must be at least 1, got {warmup_steps}")
         self.save_hyperparameters()
@@ -279,7 +295,8 @@ class CLIPModule(pl.LightningModule):
             raise ValueError("model.hard_negatives, order_negatives and reflected_pairs need shapes labels in the batches; "
                              "use data.source: shapes")
         if h.reflected_pairs:
-            images, captions, labels = with_reflected_pairs(images, captions, labels)
+            images, captions, labels = with_reflected_pairs(images, captions, labels,
+                                                            generator if h.reflect_to == "any" else None)
         if h.crop_min_side < 1 or h.flip:
             images = random_crop(images, generator, h.crop_min_side, h.flip)
         if h.hard_negatives:

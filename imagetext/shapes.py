@@ -202,30 +202,39 @@ def sample_scene(rng: np.random.Generator, image_size: int, split: str = "train"
             return Scene((first, second), relation)
 
 
-MIRRORED_RELATION = {"to the left of": "to the right of", "to the right of": "to the left of"}
-FLIPPED_RELATION = {"above": "below", "below": "above"}
+OPPOSITE_RELATION = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
+
+Box = tuple[int, int, int, int]
+# Four symmetries of the square image, as maps of a box (x0, y0, x1, y1) in an image of side n. Between
+# them they turn any relation into each of the other three; a square box stays a square box of the same side.
+LAYOUT_SYMMETRIES = (
+    lambda b, n: (n - b[2], b[1], n - b[0], b[3]),  # mirror left-right
+    lambda b, n: (b[0], n - b[3], b[2], n - b[1]),  # mirror top-bottom
+    lambda b, n: (b[1], b[0], b[3], b[2]),  # transpose: above <-> to the left of
+    lambda b, n: (n - b[3], n - b[2], n - b[1], n - b[0]),  # anti-transpose: above <-> to the right of
+)
 
 
-def reflect(scene: Scene, image_size: int) -> Scene:
-    """The scene with its layout reflected across the axis its relation reads on, shapes kept upright.
+def reflect(scene: Scene, image_size: int, relation: str | None = None) -> Scene:
+    """The scene with its layout mapped by the symmetry of the square that turns its relation into `relation`
+    (default: the opposite one), shapes kept upright.
 
-    Left/right relations are mirrored left–right, above/below ones top–bottom; every object keeps its
-    colour, shape and size, its box moves to the mirror place, and the relation turns into its opposite.
-    The result is a valid scene of the same split whose caption differs from the original by the relation
-    alone, which is the pair a contrastive model needs to see to learn relations (an image flip would turn
-    triangles upside down). A scene without a relation is returned unchanged.
+    Every object keeps its colour, shape and size and its box moves to the mapped place; the distances
+    between the objects are kept (swapped between the axes by a transpose), so the relation stays as clear
+    as it was. The result is a valid scene of the same split whose caption differs from the original by the
+    relation alone, which is the pair a contrastive model needs to see to learn relations (an image flip
+    would turn triangles upside down). A scene without a relation is returned unchanged.
     """
     if scene.relation is None:
         return scene
-    horizontal = scene.relation in MIRRORED_RELATION
-
-    def mirrored(obj: ShapeObject) -> ShapeObject:
-        x0, y0, x1, y1 = obj.box
-        box = (image_size - x1, y0, image_size - x0, y1) if horizontal else (x0, image_size - y1, x1, image_size - y0)
-        return replace(obj, box=box)
-
-    relation = (MIRRORED_RELATION if horizontal else FLIPPED_RELATION)[scene.relation]
-    return Scene(tuple(mirrored(o) for o in scene.objects), relation)
+    target = relation or OPPOSITE_RELATION[scene.relation]
+    if target not in RELATIONS:
+        raise ValueError(f"unknown relation {target!r}; use one of {RELATIONS}")
+    for symmetry in LAYOUT_SYMMETRIES:
+        objects = tuple(replace(o, box=symmetry(o.box, image_size)) for o in scene.objects)
+        if relation_between(*objects) == target:
+            return Scene(objects, target)
+    raise AssertionError(f"no symmetry of the square turns {scene.relation!r} into {target!r}")  # unreachable
 
 
 def scene_from_dict(values: dict) -> Scene:

@@ -27,7 +27,7 @@ from clip_rerank.lightning import (
     with_reflected_pairs,
 )
 from imagetext.describe import matches
-from imagetext.shapes import ShapesDataset, parse_caption
+from imagetext.shapes import OPPOSITE_RELATION, ShapesDataset, parse_caption
 from imagetext.training import WarmupCosine
 from stage_configs import tiny_trainer, write_stage_config
 
@@ -102,7 +102,9 @@ def test_a_run_stopped_after_an_epoch_resumes_exactly(tmp_path, nano_config_file
     # (seed, global_step) only, so the resumed run draws what the straight run drew.
     every_epoch = [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                     "init_args": {"save_last": True, "save_top_k": -1, "every_n_epochs": 1}}]
-    config = write_config(tmp_path, nano_config_file, **{"trainer.max_epochs": 2, "trainer.callbacks": every_epoch})
+    # with every drawn batch extra on: the crops, hard negatives and reflections must draw again what they drew
+    options = {"model.reflected_pairs": True, "model.reflect_to": "any", "model.order_negatives": True}
+    config = write_config(tmp_path, nano_config_file, **{"trainer.max_epochs": 2, "trainer.callbacks": every_epoch, **options})
     main(["fit", "-c", str(config)])
     checkpoints = tmp_path / "logs" / "version_0" / "checkpoints"
     straight = torch.load(checkpoints / "last.ckpt", weights_only=True)
@@ -120,6 +122,7 @@ def test_a_run_stopped_after_an_epoch_resumes_exactly(tmp_path, nano_config_file
     [
         ({"model.architecture": "no-such-clip"}, "unknown CLIP architecture 'no-such-clip'"),
         ({"model.crop_min_side": 0.0}, "model.crop_min_side must be in (0, 1]"),
+        ({"model.reflect_to": "sideways"}, "model.reflect_to must be one of ('opposite', 'any')"),
         ({"trainer.max_epochs": -1}, "set trainer.max_steps or trainer.max_epochs"),
     ],
 )
@@ -292,3 +295,17 @@ def test_reflected_pairs_join_the_batch_as_true_pairs():
     assert torch.equal(new_images[:12], images) and new_captions[:12] == captions
     for image, caption, original in zip(new_images[12:], new_captions[12:], [c for c, l in zip(captions, labels) if l["relation"]]):
         assert matches(caption, image) and caption != original
+
+
+def test_reflected_pairs_to_any_relation_draw_all_three_others_reproducibly():
+    items = [ShapesDataset(40, image_size=32, seed=3)[i] for i in range(40)]
+    images, captions, labels = torch.stack([i["image"] for i in items]), [i["caption"] for i in items], [i["labels"] for i in items]
+    first = with_reflected_pairs(images, captions, labels, torch.Generator().manual_seed(1))
+    again = with_reflected_pairs(images, captions, labels, torch.Generator().manual_seed(1))
+    assert torch.equal(first[0], again[0]) and first[1] == again[1]
+    originals = [l for l in labels if l["relation"]]
+    kinds = set()
+    for image, caption, new, old in zip(first[0][40:], first[1][40:], first[2][40:], originals):
+        assert matches(caption, image) and new["relation"] != old["relation"]
+        kinds.add("opposite" if new["relation"] == OPPOSITE_RELATION[old["relation"]] else "other axis")
+    assert kinds == {"opposite", "other axis"}

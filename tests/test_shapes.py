@@ -167,3 +167,24 @@ def test_reflected_scenes_differ_in_the_relation_alone_and_are_true():
         twins = scene.objects[0].phrase == scene.objects[1].phrase  # then both relations are true of both images
         assert twins or not matches(scene.caption, render(mirror, 32))
     assert reflected > 20
+
+
+def test_reflections_reach_every_relation_keeping_objects_and_clearance():
+    reached = 0
+    for index in range(80):
+        scene = scene_at(0, index, 32)
+        if scene.relation is None:
+            continue
+        for relation in RELATIONS:
+            moved = reflect(scene, 32, relation)
+            assert moved.relation == relation and [o.phrase for o in moved.objects] == [o.phrase for o in scene.objects]
+            assert all(0 <= v <= 32 for o in moved.objects for v in o.box)
+            assert matches(moved.caption, render(moved, 32))
+            # the centres' distances are the original ones, maybe swapped between the axes
+            (ax, ay), (bx, by) = (o.center for o in scene.objects)
+            (mx, my), (nx, ny) = (o.center for o in moved.objects)
+            assert sorted([abs(ax - bx), abs(ay - by)]) == sorted([abs(mx - nx), abs(my - ny)])
+            reached += 1
+    assert reached > 80
+    with pytest.raises(ValueError, match="unknown relation"):
+        reflect(next(scene_at(0, i, 32) for i in range(20) if scene_at(0, i, 32).relation), 32, "beside")
