@@ -15,7 +15,9 @@ so are colour+shape pairs the training split never shows (--split train; see ima
 
 Reported: top-1 (how often rerank puts the matching image first), the same for one- and two-object
 captions, and per attribute: how often the matching image outscores every candidate differing in that
-attribute, and which attribute the wrong winner differed in when top-1 failed.
+attribute, and which attribute the wrong winner differed in when top-1 failed. The relation is also
+split by kind: the opposite relation (the mirror picture: does CLIP bind each colour to its place?)
+and a relation on the other axis (above vs to the left of: does it read the layout's direction?).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch
 import clip_rerank
 from clip_rerank.lightning import ATTRIBUTES, one_attribute_swaps
 from imagetext.images import array_to_tensor
-from imagetext.shapes import NOVEL_PAIRS, Scene, render, scene_at
+from imagetext.shapes import NOVEL_PAIRS, OPPOSITE_RELATION, Scene, render, scene_at
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,6 +51,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="run CLIP under bf16 autocast")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return parser.parse_args()
+
+
+# What a wrong candidate may differ in: each attribute, and the relation split by kind (`difference`).
+DIFFERENCES = (*ATTRIBUTES, "relation, opposite", "relation, other axis")
 
 
 def layout_key(scene: Scene) -> tuple:
@@ -84,16 +90,25 @@ def one_attribute_variants(scene: Scene, split: str) -> list[tuple[str, Scene]]:
     ]
 
 
+def difference(truth: Scene, attribute: str, variant: Scene) -> str:
+    """The attribute a variant differs in; a relation is told apart as "opposite" (the mirror picture, which
+    only a model that binds colours to places rejects) or "other axis" (above vs to the left of)."""
+    if attribute != "relation":
+        return attribute
+    return "relation, opposite" if variant.relation == OPPOSITE_RELATION[truth.relation] else "relation, other axis"
+
+
 def build_case(caption_scene: Scene, n_candidates: int, pool: dict, image_size: int, split: str,
                rng: np.random.Generator) -> tuple[torch.Tensor, list[str | None]]:
-    """Candidate images [n,3,S,S] in [-1,1] in a random order, and the attribute each differs in (None: the match)."""
+    """Candidate images [n,3,S,S] in [-1,1] in a random order, and what each differs in (None: the match):
+    an attribute, the relation told apart as in `difference`."""
     truth = caption_scene.without_boxes()
     variants = one_attribute_variants(truth, split)
     order = rng.permutation(len(variants))
     candidates = [(None, truth)] + [variants[order[i % len(variants)]] for i in range(n_candidates - 1)]
     candidates = [candidates[i] for i in rng.permutation(len(candidates))]
     images = [array_to_tensor(render(place(scene, pool, rng), image_size)) for _, scene in candidates]
-    return torch.stack(images), [attribute for attribute, _ in candidates]
+    return torch.stack(images), [attribute and difference(truth, attribute, scene) for attribute, scene in candidates]
 
 
 def main() -> None:
@@ -107,8 +122,8 @@ def main() -> None:
     pool = layout_pool(args.layout_seed, args.layouts, args.image_size)
 
     top1 = {"all": [], "one object": [], "two objects": []}
-    beats = defaultdict(list)  # attribute -> per case: the match outscores every candidate differing in it
-    wrong_winner = Counter()  # attribute the top candidate differed in, when it was not the match
+    beats = defaultdict(list)  # difference -> per case: the match outscores every candidate differing so
+    wrong_winner = Counter()  # what the top candidate differed in, when it was not the match
     for case in range(args.cases):
         rng = np.random.default_rng([args.seed, case])
         scene = scene_at(args.seed, case, args.image_size, args.split)
@@ -120,9 +135,10 @@ def main() -> None:
         top1["one object" if len(scene.objects) == 1 else "two objects"].append(hit)
         if not hit:
             wrong_winner[differs_in[int(scores.argmax())]] += 1
-        for attribute in set(differs_in) - {None}:
-            rivals = [i for i, a in enumerate(differs_in) if a == attribute]
-            beats[attribute].append(bool(scores[match] > scores[rivals].max()))
+        for group in DIFFERENCES:
+            rivals = [i for i, d in enumerate(differs_in) if d and d.startswith(group)]
+            if rivals:
+                beats[group].append(bool(scores[match] > scores[rivals].max()))
 
     result = {
         "clip": str(args.clip),
@@ -133,16 +149,17 @@ def main() -> None:
         "layout_seed": args.layout_seed,
         "top1": {group: float(np.mean(hits)) for group, hits in top1.items() if hits},
         "cases_per_group": {group: len(hits) for group, hits in top1.items()},
-        "match_beats_all_differing_in": {a: float(np.mean(beats[a])) for a in ATTRIBUTES if beats[a]},
-        "wrong_winner_differed_in": {a: wrong_winner[a] for a in ATTRIBUTES},
+        "match_beats_all_differing_in": {d: float(np.mean(beats[d])) for d in DIFFERENCES if beats[d]},
+        "wrong_winner_differed_in": {d: sum(n for w, n in wrong_winner.items() if w.startswith(d)) for d in DIFFERENCES},
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(f"CLIP {args.clip}: {args.cases} cases x {args.candidates} candidates ({args.split} split, seed {args.seed})")
     for group, value in result["top1"].items():
         print(f"  top-1 {group:12s} {100 * value:5.1f}%  ({result['cases_per_group'][group]} cases)")
     print("  the match outscores every candidate that differs in")
-    for attribute, value in result["match_beats_all_differing_in"].items():
-        print(f"    {attribute:9s} {100 * value:5.1f}%  (wrong top-1 picks differing in it: {wrong_winner[attribute]})")
+    for group, value in result["match_beats_all_differing_in"].items():
+        picks = result["wrong_winner_differed_in"][group]
+        print(f"    {group:20s} {100 * value:5.1f}%  (wrong top-1 picks differing in it: {picks})")
     print(f"  {result['seconds']} s")
     if args.json:
         with open(args.json, "w") as handle:
