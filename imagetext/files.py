@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -63,7 +64,17 @@ def safe_name(text: str, max_length: int = 60) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (checkpoints can be large)."""
+    """Hex sha256 of a file, read in 1 MiB blocks (checkpoints can be large).
+
+    Remembered per (path, size, modification time), so the several places that record which checkpoint
+    a command used read a multi-GB file once; any rewrite of the file changes the key.
+    """
+    stat = os.stat(path)
+    return _sha256_of(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

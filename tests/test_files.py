@@ -1,9 +1,10 @@
+import hashlib
 import os
 
 import pytest
 import torch
 
-from imagetext.files import atomic_path, safe_name, unique_dir
+from imagetext.files import atomic_path, file_sha256, safe_name, unique_dir
 from imagetext.images import pil_to_tensor, open_rgb, read_png_text, save_png
 
 
@@ -39,3 +40,16 @@ def test_png_metadata_travels_in_text_chunks(tmp_path):
     path = save_png(image, tmp_path / "image.png", {"prompt": "a red circle", "seed": 7, "settings": {"cfg": 3.0}})
     assert read_png_text(path) == {"prompt": "a red circle", "seed": "7", "settings": '{"cfg": 3.0}'}
     assert torch.allclose(pil_to_tensor(open_rgb(path)), image, atol=1 / 127.5)
+
+
+def test_file_sha256_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 3_000_000)
+    assert file_sha256(path) == hashlib.sha256(b"a" * 3_000_000).hexdigest()
+    with monkeypatch.context() as patch:
+        patch.setattr("builtins.open", lambda *args, **kwargs: pytest.fail("the file was read again"))
+        assert file_sha256(str(path)) == hashlib.sha256(b"a" * 3_000_000).hexdigest()
+    stat = path.stat()
+    path.write_bytes(b"b" * 3_000_000)  # same size; a rewrite moves the modification time
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert file_sha256(path) == hashlib.sha256(b"b" * 3_000_000).hexdigest()
