@@ -1,7 +1,9 @@
+import importlib
 import json
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,26 @@ def test_stage_commands_are_lightning_clis(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert all(command in result.stdout for command in ("fit", "validate", "test"))
+
+
+SHIPPED_CONFIGS = [
+    ("vqgan", ["configs/vqgan/shapes.yaml"]),
+    ("vqgan", ["configs/vqgan/emoji.yaml"]),
+    ("gpt_prior", ["configs/gpt_prior/shapes.yaml"]),
+    ("gpt_prior", ["configs/gpt_prior/emoji.yaml"]),
+    ("clip_rerank", ["configs/clip_rerank/shapes.yaml"]),
+    ("clip_rerank", ["configs/clip_rerank/shapes.yaml", "configs/clip_rerank/shapes-rerank.yaml"]),
+    ("clip_rerank", ["configs/clip_rerank/emoji.yaml"]),
+]
+
+
+@pytest.mark.parametrize("module, configs", SHIPPED_CONFIGS)
+def test_shipped_training_configs_parse(module, configs, capsys, monkeypatch):
+    """Every config the README tells users to run is one the stage's CLI accepts (keys and types)."""
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    stage_main = importlib.import_module(f"{module}.cli").main
+    with pytest.raises(SystemExit) as exited:
+        stage_main(["fit", *[arg for config in configs for arg in ("-c", config)], "--print_config"])
+    assert exited.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "max_steps:" in printed and "class_path:" in printed
