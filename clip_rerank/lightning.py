@@ -221,10 +221,10 @@ class CLIPModule(pl.LightningModule):
             caption by a relation alone, so without these the relation is learned slowly.
         order_negatives: shapes only: each two-object image must also beat its caption with the objects
             named the other way round (`order_swap_captions`).
-        reflected_pairs: shapes only: every two-object scene of a batch also enters it reflected
-            (`imagetext.shapes.reflect`: same objects, mirrored layout, opposite relation), so the batch
-            holds pairs of images and captions that differ in the relation alone, in both directions of
-            the contrastive loss.
+        reflected_pairs: shapes only: every two-object scene of a batch also enters it laid out for another
+            relation (`imagetext.shapes.reflect`: same objects, the layout mapped by a symmetry of the
+            square), so the batch holds pairs of images and captions that differ in the relation alone,
+            in both directions of the contrastive loss.
         reflect_to: the relation of those reflections: "opposite" (above <-> below, left <-> right: pairs
             only a model that binds each colour to its place tells apart) or "any" (one of the three other
             relations, drawn per scene and step, so also above <-> to the left of).

@@ -204,7 +204,6 @@ def sample_scene(rng: np.random.Generator, image_size: int, split: str = "train"
 
 OPPOSITE_RELATION = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
 
-Box = tuple[int, int, int, int]
 # Four symmetries of the square image, as maps of a box (x0, y0, x1, y1) in an image of side n. Between
 # them they turn any relation into each of the other three; a square box stays a square box of the same side.
 LAYOUT_SYMMETRIES = (
