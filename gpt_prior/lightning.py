@@ -46,8 +46,9 @@ class GPTPriorModule(pl.LightningModule):
     """The LightningModule around a plain `GPT` (`self.model`) and its caption tokenizer (`self.tokenizer`).
 
     Args:
-        codes: the `vqgan-clip tokenize` output folder (the same as data.codes): its manifest gives
-            the code grid, the codebook size and the VQGAN, its training captions the BPE.
+        codes: the `vqgan-clip tokenize` output folder: its manifest gives the code grid, the codebook
+            size and the VQGAN, its training captions the BPE. `gpt-prior fit` links it to data.codes
+            (one flag, `--data.codes`, sets both).
         text_len: caption ids per sample (tokens, <eot>, padding); longer captions are cut, with a warning.
         vocab_size: the most BPE ids to learn; a small caption set stops below it.
         tokenizer: a tokenizer.json (or a run folder holding one) to use instead of learning a BPE,

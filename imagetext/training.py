@@ -59,14 +59,24 @@ def run_stage_cli(
     module_class: type[pl.LightningModule],
     datamodule_class: type[pl.LightningDataModule] = ImageTextDataModule,
     args: list[str] | None = None,
+    linked: dict[str, str] | None = None,
 ) -> None:
     """`fit / validate / test` with YAML configs read by omegaconf (interpolation like ${data.image_size}).
 
+    `linked` maps a data argument to the model argument that always takes its value ("data.codes" ->
+    "model.codes"): one flag sets both, and setting the model's own is an error. (An interpolation in
+    the config would not do: a command-line override of its source leaves it at the config's value.)
     A config mistake that the model or data reject (an unknown key, a size the model cannot take, a
     missing file) ends with one line naming it; VQGAN_CLIP_DEBUG=1 shows the traceback.
     """
+
+    class StageCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            for source, target in (linked or {}).items():
+                parser.link_arguments(source, target)
+
     try:
-        LightningCLI(
+        StageCLI(
             module_class,
             datamodule_class,
             trainer_defaults={"callbacks": [DataEpochHooks(), AtomicCheckpoints()]},

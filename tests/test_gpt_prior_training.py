@@ -64,7 +64,7 @@ def write_config(tmp_path: Path, codes: Path, name: str = "tiny.yaml", callbacks
     config = {
         "seed_everything": 0,
         "trainer": tiny_trainer(*callbacks, limit_val_batches=1, gradient_clip_val=1.0),
-        "model": {"codes": "${data.codes}", "text_len": 24, "vocab_size": 256, "n_layer": 2, "n_head": 2, "n_embd": 32,
+        "model": {"text_len": 24, "vocab_size": 256, "n_layer": 2, "n_head": 2, "n_embd": 32,
                   "learning_rate": LEARNING_RATE, "warmup_steps": 2, "min_lr_ratio": 0.1, **model},
         "data": {"codes": str(codes), "batch_size": 8, "num_workers": num_workers},
     }
@@ -81,7 +81,8 @@ def fitted(tmp_path_factory) -> dict:
     """One `gpt-prior fit` of 4 steps, shared by the tests that read its outputs."""
     tmp_path = tmp_path_factory.mktemp("fit")
     codes = make_code_folder(tmp_path / "codes")
-    main(["fit", "-c", str(write_config(tmp_path, codes))])
+    # The config names a folder that does not exist; the command line's --data.codes must set the model's too.
+    main(["fit", "-c", str(write_config(tmp_path, tmp_path / "no-codes")), "--data.codes", str(codes)])
     run = tmp_path / "logs" / "version_0"
     return {"codes": codes, "run": run, "checkpoint": run / "checkpoints" / "last.ckpt"}
 
@@ -246,3 +247,11 @@ def test_missing_codes_folder_is_a_one_line_error(tmp_path):
         main(["fit", "-c", str(write_config(tmp_path, tmp_path / "no-codes"))])
     message = str(exit_info.value.code)
     assert message.startswith("gpt-prior: error:") and "vqgan-clip tokenize" in message and "\n" not in message
+
+
+def test_one_codes_flag_sets_the_data_and_the_model(fitted, tmp_path, capsys):
+    saved = torch.load(fitted["checkpoint"], weights_only=True)
+    assert saved["hyper_parameters"]["codes"] == str(fitted["codes"])  # the fixture passed only --data.codes
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(write_config(tmp_path, fitted["codes"])), "--model.codes", str(fitted["codes"])])
+    assert 'must be given via "data.codes"' in capsys.readouterr().err

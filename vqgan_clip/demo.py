@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> None:
         codes.run(command("tokenize", "--vqgan", str(vqgan.result), "--data", str(CONFIGS / "vqgan/shapes.yaml"),
                           "--out", str(codes.folder)), threads=1)
         gpt.run(fit_command("gpt_prior", CONFIGS / "gpt_prior/shapes.yaml", gpt, profile.gpt_steps,
-                            "--data.codes", str(codes.folder), "--model.codes", str(codes.folder)), threads=1)
+                            "--data.codes", str(codes.folder)), threads=1)
         clip.finish()
     finally:
         clip.stop()
