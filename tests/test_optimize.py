@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from PIL import Image
 import torch
+from PIL import Image
 
 import clip_rerank
 import gpt_prior
