@@ -78,24 +78,47 @@ def describe(image: torch.Tensor | np.ndarray | Image.Image) -> list[ShapeObject
     return [obj for _, obj in sorted(objects, key=lambda pair: -pair[0])]
 
 
-def _same_attributes(a: ShapeObject, b: ShapeObject) -> bool:
-    return (a.size, a.color, a.shape) == (b.size, b.color, b.shape)
+ERROR_KINDS = ("count", "size", "color", "shape", "relation")
+
+
+def _attribute_errors(expected: ShapeObject, found: ShapeObject) -> set[str]:
+    return {kind for kind in ("size", "color", "shape") if getattr(expected, kind) != getattr(found, kind)}
+
+
+def scene_errors(expected: Scene, found: list[ShapeObject]) -> set[str]:
+    """What `found` gets wrong about the caption's scene, as a subset of ERROR_KINDS (empty: a match).
+
+    A wrong number of objects is "count" alone. With two objects, the pairing of found to named objects
+    that gets the fewest things wrong is the one judged (so a swapped pair is a relation error, not two
+    colour errors).
+    """
+    if len(found) != len(expected.objects):
+        return {"count"}
+    if len(found) == 1:
+        return _attribute_errors(expected.objects[0], found[0])
+    pairings = []
+    for first, second in itertools.permutations(found):
+        errors = _attribute_errors(expected.objects[0], first) | _attribute_errors(expected.objects[1], second)
+        if relation_between(first, second) != expected.relation:
+            errors.add("relation")
+        pairings.append(errors)
+    return min(pairings, key=len)
 
 
 def scene_matches(expected: Scene, found: list[ShapeObject]) -> bool:
     """True when `found` holds exactly the caption's objects, and for two, in the caption's relation."""
-    if len(found) != len(expected.objects):
-        return False
-    if len(found) == 1:
-        return _same_attributes(expected.objects[0], found[0])
-    for first, second in itertools.permutations(found):
-        if (
-            _same_attributes(expected.objects[0], first)
-            and _same_attributes(expected.objects[1], second)
-            and relation_between(first, second) == expected.relation
-        ):
-            return True
-    return False
+    return not scene_errors(expected, found)
+
+
+def scene_key(found: list[ShapeObject]) -> str:
+    """What the parser found, as one string that is the same for the same scene however it is listed:
+    the object phrases, and for two objects the smaller of the two ways to caption them."""
+    phrases = [obj.phrase for obj in found]
+    if len(found) != 2:
+        return " + ".join(sorted(phrases)) or "nothing"
+    first, second = found
+    return min(f"{phrases[0]} {relation_between(first, second)} {phrases[1]}",
+               f"{phrases[1]} {relation_between(second, first)} {phrases[0]}")
 
 
 def matches(caption: str, image: torch.Tensor | np.ndarray | Image.Image) -> bool:

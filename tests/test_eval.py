@@ -15,7 +15,10 @@ from vqgan_clip.cli import main
 from vqgan_clip.evaluate import evaluate_set, shapes_caption_sets
 
 FIGURES = {
-    "attribute_accuracy": {"real", "vqgan_reconstruction", "single_sample", "reranked_top1", "rerank_lift"},
+    "attribute_accuracy": {"real", "vqgan_reconstruction", "single_sample", "reranked_top1", "rerank_lift",
+                           "oracle_any_of_n", "clip_pick_rate"},
+    "candidate_errors": {"candidates", "correct", "count", "size", "color", "shape", "relation"},
+    "diversity": {"distinct_images", "distinct_scenes"},
     "clip_score": {"real", "single_sample", "reranked_top1"},
     "fd_clip": {"single_sample", "reranked_top1"},
     "vqgan": {"psnr_db", "codebook_usage"},
@@ -71,6 +74,16 @@ def test_reranking_takes_the_clip_best_candidate(scorer_and_vqgan):
     assert accuracy["single_sample"] == 0.0
     assert accuracy["reranked_top1"] == pytest.approx(expected_top1)
     assert accuracy["rerank_lift"] == pytest.approx(expected_top1)
+    assert accuracy["oracle_any_of_n"] == 1.0  # candidate 1 is always right
+    assert accuracy["clip_pick_rate"] == pytest.approx(expected_top1)
+    by_kind = [result.figures[kind] for kind in ("one_object", "two_objects") if kind in result.figures]
+    assert sum(kind["n_captions"] for kind in by_kind) == 12
+    assert sum(kind["reranked_top1"] * kind["n_captions"] for kind in by_kind) == pytest.approx(12 * expected_top1)
+    assert all(kind["oracle_any_of_n"] == 1.0 and kind["single_sample"] == 0.0 for kind in by_kind)
+    # every black candidate shows no object (a count error); every render is right
+    assert result.figures["candidate_errors"] == {"candidates": 24, "correct": 12, "count": 12, "size": 0, "color": 0,
+                                                  "shape": 0, "relation": 0}
+    assert result.figures["diversity"] == {"distinct_images": 2.0, "distinct_scenes": 2.0}
     assert result.figures["clip_score"]["reranked_top1"] == pytest.approx(result.scores.max(dim=1).values.mean().item())
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imagetext.images import array_to_tensor
-from imagetext.describe import describe, matches, scene_matches
+from imagetext.describe import describe, matches, scene_errors, scene_key, scene_matches
 from imagetext.shapes import (
     COLORS,
     NOVEL_PAIRS,
@@ -123,6 +123,27 @@ def test_parser_reads_tensors_and_rejects_wrong_captions():
     assert not matches("a small red circle", image)  # an extra object is a mismatch
     found = describe(image)
     assert [(o.size, o.color, o.shape) for o in found] == [("large", "blue", "square"), ("small", "red", "circle")]
+
+
+def test_scene_errors_name_what_is_wrong_and_scene_keys_ignore_listing_order():
+    scene = Scene(
+        (
+            ShapeObject("small", "red", "circle", (2, 2, 10, 10)),
+            ShapeObject("large", "blue", "square", (2, 16, 16, 30)),
+        ),
+        "above",
+    )
+    found = describe(render(scene, 32))
+    assert scene_errors(parse_caption("a small red circle above a large blue square"), found) == set()
+    assert scene_errors(parse_caption("a small red circle below a large blue square"), found) == {"relation"}
+    # the pairing with the fewest errors is judged: the swapped caption is a relation error, not colours
+    assert scene_errors(parse_caption("a large blue square above a small red circle"), found) == {"relation"}
+    assert scene_errors(parse_caption("a small green triangle above a large blue square"), found) == {"color", "shape"}
+    assert scene_errors(parse_caption("a large red circle above a small blue square"), found) == {"size"}
+    assert scene_errors(parse_caption("a small red circle"), found) == {"count"}
+    assert scene_errors(parse_caption("a small red circle"), found[1:]) == set()
+    assert scene_key(found) == scene_key(found[::-1]) == "a large blue square below a small red circle"
+    assert scene_key([]) == "nothing"
 
 
 def test_parser_ignores_specks_of_noise():

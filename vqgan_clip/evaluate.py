@@ -11,8 +11,18 @@ Figures per set (eval.json: "sets" → set name → group → figure):
                         image the parser (imagetext.describe.matches) finds to show every attribute.
                         "real": the data's own images (the ruler's ceiling), "vqgan_reconstruction":
                         those images encoded and decoded by the VQGAN (the ceiling of anything the
-                        GPT's codes can show), "single_sample", "reranked_top1", and "rerank_lift" =
-                        reranked_top1 − single_sample.
+                        GPT's codes can show), "single_sample", "reranked_top1", "rerank_lift" =
+                        reranked_top1 − single_sample, "oracle_any_of_n": the fraction of captions
+                        with at least one right candidate (what a perfect reranker would reach), and
+                        "clip_pick_rate": among those captions, how often CLIP's top-1 is a right one.
+    one_object, two_objects   the same single_sample / reranked_top1 / oracle_any_of_n per caption kind,
+                        with "n_captions" of that kind.
+    candidate_errors    over all N candidates of every caption: how many are right ("correct") and how
+                        many get each thing wrong (imagetext.describe.ERROR_KINDS: the object count,
+                        else size, colour, shape, relation; a candidate can count under several).
+    diversity           mean over captions of the distinct images among the N (for GPT candidates, the
+                        distinct code grids: the VQGAN decodes a grid to one image) and of the distinct
+                        scenes the parser reads in them.
     clip_score          mean CLIP score (100 × cosine) of "real", "single_sample", "reranked_top1" images
                         with their captions.
     fd_clip             FD-CLIP of the "single_sample" and of the "reranked_top1" images against the real ones.
@@ -37,7 +47,7 @@ from torch import Tensor
 from clip_rerank import Scorer
 from clip_rerank.metrics import clip_score, fd_clip
 from imagetext.datamodule import ImageTextDataModule
-from imagetext.describe import matches
+from imagetext.describe import ERROR_KINDS, describe, matches, scene_errors, scene_key
 from imagetext.files import atomic_path
 from imagetext.shapes import ShapesDataset, parse_caption
 from vqgan import VQGAN
@@ -125,6 +135,52 @@ def attribute_accuracy(captions: list[str], images: Tensor) -> float:
     return sum(matches(caption, image) for caption, image in zip(captions, images)) / len(captions)
 
 
+def distinct_count(images: Tensor) -> int:
+    """How many different images [N, 3, H, W] there are, bit for bit."""
+    return len({image.numpy().tobytes() for image in images})
+
+
+def judged_candidates_figures(captions: list[str], candidates: Tensor, best: Tensor) -> dict[str, object]:
+    """The parser's verdict on every candidate [P, N, 3, H, W] and what it says (module docstring:
+    oracle and CLIP pick rate, per caption kind, candidate errors, diversity); `best` [P]: CLIP's picks."""
+    n_captions, n_candidates = candidates.shape[:2]
+    right = torch.zeros(n_captions, n_candidates, dtype=torch.bool)
+    errors = dict.fromkeys(ERROR_KINDS, 0)
+    distinct_scenes = 0
+    for p, caption in enumerate(captions):
+        expected, keys = parse_caption(caption), set()
+        for i, image in enumerate(candidates[p]):
+            found = describe(image)
+            wrong = scene_errors(expected, found)
+            right[p, i] = not wrong
+            for kind in wrong:
+                errors[kind] += 1
+            keys.add(scene_key(found))
+        distinct_scenes += len(keys)
+
+    def accuracy_of(rows: Tensor) -> dict[str, float]:
+        picked = right[rows, best[rows]]
+        return {"n_captions": int(rows.numel()), "single_sample": right[rows, 0].float().mean().item(),
+                "reranked_top1": picked.float().mean().item(), "oracle_any_of_n": right[rows].any(dim=1).float().mean().item()}
+
+    every = torch.arange(n_captions)
+    overall = accuracy_of(every)
+    del overall["n_captions"]
+    oracle = right.any(dim=1)
+    overall["rerank_lift"] = overall["reranked_top1"] - overall["single_sample"]
+    overall["clip_pick_rate"] = right[every, best][oracle].float().mean().item() if oracle.any() else 0.0
+    figures: dict[str, object] = {"attribute_accuracy": overall}
+    n_objects = torch.tensor([len(parse_caption(caption).objects) for caption in captions])
+    for kind, count in (("one_object", 1), ("two_objects", 2)):
+        rows = every[n_objects == count]
+        if rows.numel():
+            figures[kind] = accuracy_of(rows)
+    figures["candidate_errors"] = {"candidates": n_captions * n_candidates, "correct": int(right.sum()), **errors}
+    figures["diversity"] = {"distinct_images": sum(distinct_count(c) for c in candidates) / n_captions,
+                            "distinct_scenes": distinct_scenes / n_captions}
+    return figures
+
+
 def reconstruction_figures(vqgan: VQGAN, images: Tensor, bf16: bool = False) -> tuple[dict[str, float], Tensor]:
     """PSNR (dB, mean over images) and codebook usage of the VQGAN encoding and decoding `images`, and the
     reconstructions themselves [B, 3, H, W] on the CPU."""
@@ -161,11 +217,11 @@ def evaluate_set(caption_set: CaptionSet, source: CandidateSource, scorer: Score
     figures: dict[str, object] = {"n_captions": len(captions), "n_candidates": n_candidates}
     vqgan_figures, reconstructions = reconstruction_figures(vqgan, real, bf16)
     if are_shapes_captions(captions):
-        accuracy = {"real": attribute_accuracy(captions, real),
-                    "vqgan_reconstruction": attribute_accuracy(captions, reconstructions),
-                    "single_sample": attribute_accuracy(captions, single),
-                    "reranked_top1": attribute_accuracy(captions, top1)}
-        figures["attribute_accuracy"] = {**accuracy, "rerank_lift": accuracy["reranked_top1"] - accuracy["single_sample"]}
+        judged = judged_candidates_figures(captions, candidates, best)
+        figures["attribute_accuracy"] = {"real": attribute_accuracy(captions, real),
+                                         "vqgan_reconstruction": attribute_accuracy(captions, reconstructions),
+                                         **judged.pop("attribute_accuracy")}
+        figures.update(judged)
     figures["clip_score"] = {"real": real_scores.mean().item(), "single_sample": scores[:, 0].mean().item(),
                              "reranked_top1": scores.max(dim=1).values.mean().item()}
     figures["fd_clip"] = {"single_sample": fd_clip(scorer, single, real), "reranked_top1": fd_clip(scorer, top1, real)}
@@ -203,7 +259,9 @@ def figures_table(evaluations: list[SetEvaluation]) -> dict[str, dict[str, str]]
 
 
 def _format_figure(group: str, key: str, value: float) -> str:
-    if group == "attribute_accuracy":
+    if key == "n_captions" or group == "candidate_errors":
+        return str(value)
+    if group in ("attribute_accuracy", "one_object", "two_objects"):
         return f"{100 * value:+.1f} points" if key == "rerank_lift" else f"{100 * value:.1f}%"
     if key == "codebook_usage":
         return f"{100 * value:.1f}%"
@@ -248,7 +306,9 @@ def summary(evaluations: list[SetEvaluation]) -> str:
         if evaluation.has_attribute_accuracy:
             accuracy = figures["attribute_accuracy"]
             parts.append(f"accuracy {100 * accuracy['single_sample']:.1f}% -> {100 * accuracy['reranked_top1']:.1f}% "
-                         f"reranked ({100 * accuracy['rerank_lift']:+.1f} points; VQGAN reconstructions "
+                         f"reranked ({100 * accuracy['rerank_lift']:+.1f} points; any of {figures['n_candidates']} "
+                         f"{100 * accuracy['oracle_any_of_n']:.1f}%, CLIP picks a right one "
+                         f"{100 * accuracy['clip_pick_rate']:.1f}% of those; VQGAN reconstructions "
                          f"{100 * accuracy['vqgan_reconstruction']:.1f}%),")
         parts.append(f"CLIP score {figures['clip_score']['reranked_top1']:.2f} (real {figures['clip_score']['real']:.2f}),"
                      f" FD-CLIP {figures['fd_clip']['reranked_top1']:.4f}, VQGAN PSNR {figures['vqgan']['psnr_db']:.2f} dB")
