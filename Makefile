@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo demo-train test test-fast clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): setup.py
 
 demo: setup
 	$(BIN)/vqgan-clip demo $(DEMO_ARGS)
+
+demo-train: setup
+	$(BIN)/vqgan-clip demo --train $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -6,6 +6,7 @@
     load("clip-tiny-32")                           bare architecture, random weights (tests, training)
     load("configs/my-clip.json")                   a model config file in open_clip's format, random weights
     load("runs/clip/clip.safetensors")             a checkpoint of this project, which names its own architecture
+    load("shapes")                                 a shipped checkpoint of this project, by its short name
 
 The small architectures in `configs/clip_rerank/*.json` are registered with open_clip when this module
 is imported, so every name above goes through open_clip's one factory.
@@ -41,6 +42,7 @@ from safetensors.torch import save_file
 
 from clip_rerank.scorer import Scorer
 from imagetext.files import atomic_path
+from imagetext.shipped import shipped_file, shipped_names
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "clip_rerank"
 CHECKPOINT_FORMAT = "clip_rerank/1"
@@ -64,6 +66,8 @@ def load(spec: str | Path, *, pretrained: str | Path | None = None, device: str 
     `bf16` runs the encoders under bf16 autocast; weights stay float32. Errors name what to change.
     """
     spec = str(spec)
+    if spec in shipped_names("clip_rerank") and not Path(spec).exists():
+        spec = str(shipped_file("clip_rerank", spec))
     if Path(spec).suffix in CHECKPOINT_SUFFIXES:
         if pretrained is not None:
             raise ValueError(f"{spec} is a checkpoint with its own weights; drop pretrained={str(pretrained)!r}")
@@ -121,9 +125,11 @@ def _architecture_name(spec: str) -> str:
     name = spec.replace("/", "-")  # open_clip spells ViT-B/32 as ViT-B-32
     if name not in known_architectures():
         ours = sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
+        shipped = ", ".join(shipped_names("clip_rerank")) or "none"
         raise ValueError(
             f"unknown CLIP architecture {spec!r}; use one of {', '.join(ours + ['ViT-B-32', 'ViT-B-16', 'RN50'])} "
-            f"(all: open_clip.list_models()), a model config .json, or a {'/'.join(CHECKPOINT_SUFFIXES)} checkpoint"
+            f"(all: open_clip.list_models()), a model config .json, a {'/'.join(CHECKPOINT_SUFFIXES)} checkpoint, "
+            f"or a shipped CLIP ({shipped})"
         )
     return name
 

@@ -150,12 +150,12 @@ def test_without_rerank_clip_is_never_loaded(models, tmp_path, monkeypatch):
     assert sorted(p.name for p in (out / "a-small-yellow-square").iterdir()) == ["01.png", "02.png", "grid.png", "results.json"]
 
 
-def test_the_demo_models_are_the_default(models, tmp_path, monkeypatch):
+def test_the_demo_models_are_used_when_asked(models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     written = generate.write_demo_models("runs/demo", vqgan=models["vqgan"], gpt=models["gpt"], clip=models["clip"])
     assert not Path(json.loads(written.read_text())["gpt"]).is_absolute()
     assert {key: path.resolve() for key, path in generate.demo_models().items()} == {k: p.resolve() for k, p in models.items()}
-    main(["generate", PROMPT, "--rerank", "2", "--keep", "1"])
+    main(["generate", PROMPT, "--rerank", "2", "--keep", "1", "--demo-models"])
     results = json.loads((tmp_path / "runs" / "generate" / safe_name(PROMPT) / "results.json").read_text())
     assert results["checkpoints"]["gpt"]["path"] == str(models["gpt"].resolve())
     assert results["checkpoints"]["clip"]["sha256"] == file_sha256(models["clip"])
@@ -170,7 +170,7 @@ def test_the_demo_models_are_the_default(models, tmp_path, monkeypatch):
     ("not a checkpoint", "cannot be read as a `gpt-prior fit` checkpoint"),
     ("missing clip", "no CLIP checkpoint"),
     ("unknown clip", "unknown CLIP architecture"),
-    ("no gpt and no demo", "make demo"),
+    ("demo models asked, no demo run", "run `vqgan-clip demo --train`"),
     ("bad sampling", "--top-p must be in (0, 1]"),
     ("vqgan of another codebook", "pass the prior's own VQGAN with --vqgan"),
 ])
@@ -190,7 +190,7 @@ def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, monkeypatch,
         "not a checkpoint": [PROMPT, "--gpt", "garbage.ckpt"],
         "missing clip": [PROMPT, "--gpt", gpt, "--rerank", "4", "--clip", "missing.safetensors"],
         "unknown clip": [PROMPT, "--gpt", gpt, "--rerank", "4", "--clip", "no-such-clip"],
-        "no gpt and no demo": [PROMPT],
+        "demo models asked, no demo run": [PROMPT, "--demo-models"],
         "bad sampling": [PROMPT, "--gpt", gpt, "--top-p", "1.5"],
         "vqgan of another codebook": [PROMPT, "--gpt", gpt, "--vqgan", "other.safetensors"],
     }[case]

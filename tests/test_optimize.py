@@ -400,10 +400,10 @@ def test_cli_loads_a_taming_vqgan(checkpoints, tmp_path):
     assert json.loads((folder / "run.json").read_text())["models"]["vqgan"].endswith("model.yaml + " + str(tmp_path / "last.ckpt"))
 
 
-def test_cli_models_default_to_the_demos(checkpoints, tmp_path, monkeypatch):
+def test_cli_demo_models_are_used_when_asked(checkpoints, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = cli("a red circle", "--iterations", "1", "--cutn", "2", "--device", "cpu")
-    with pytest.raises(FileNotFoundError, match="runs/demo/models.json .* not found; run `make demo`"):
+    args = cli("a red circle", "--iterations", "1", "--cutn", "2", "--device", "cpu", "--demo-models")
+    with pytest.raises(FileNotFoundError, match="runs/demo/models.json .* not found; run `vqgan-clip demo --train`"):
         run(args)
     write_demo_models("runs/demo", vqgan=checkpoints["vqgan"], clip=checkpoints["clip"], gpt=checkpoints["vqgan"])
     run(args)

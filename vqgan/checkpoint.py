@@ -1,6 +1,6 @@
 """Loading and exporting this project's VQGANs, without unpickling anything.
 
-Two formats load with `vqgan.load(path)`:
+Two formats load with `vqgan.load(path)`, and a short name ("shapes") loads a shipped bundle:
 - a Lightning checkpoint of `vqgan fit` (`.ckpt`): read with `torch.load(weights_only=True)`; the
   architecture comes from its saved hyperparameters, the weights from its `model.*` entries;
 - an inference bundle (`.safetensors`): the VQGAN's weights, with its config as JSON in the file's
@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from imagetext.files import atomic_path
+from imagetext.shipped import resolve
 from vqgan.model import VQGAN, VQGANConfig
 
 BUNDLE_CONFIG_KEY = "vqgan_config"
@@ -30,10 +31,12 @@ def config_from_hparams(hparams: Mapping[str, Any]) -> VQGANConfig:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
-    """A VQGAN in eval mode from a `vqgan fit` checkpoint (.ckpt) or an inference bundle (.safetensors)."""
-    path = Path(path)
+    """A VQGAN in eval mode from a `vqgan fit` checkpoint (.ckpt), an inference bundle (.safetensors), or a
+    shipped bundle's short name."""
+    path = resolve("vqgan", path)
     if not path.is_file():
-        raise FileNotFoundError(f"VQGAN checkpoint {path} not found; give a .ckpt from `vqgan fit` or a .safetensors bundle")
+        raise FileNotFoundError(f"VQGAN checkpoint {path} not found; give a .ckpt from `vqgan fit`, a .safetensors "
+                                f"bundle, or a shipped model's name")
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt", device=str(map_location)) as bundle:
             metadata = bundle.metadata() or {}

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from vqgan_clip import data_commands, demo, evaluate, generate, optimize_command, tokenize
+from vqgan_clip import data_commands, demo, evaluate, export, generate, optimize_command, tokenize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_options(ev)
     ev.set_defaults(run=evaluate.run)
 
-    demo_parser = commands.add_parser("demo", help="run the whole pipeline on the shapes set (what `make demo` runs)")
+    exp = commands.add_parser("export", help="a trained VQGAN, GPT prior and CLIP as safetensors bundles (no pickle)")
+    exp.add_argument("--vqgan", required=True, help="VQGAN: a .ckpt of `vqgan fit` (or a bundle)")
+    exp.add_argument("--gpt", required=True, help="GPT prior: a .ckpt of `gpt-prior fit` (or a bundle)")
+    exp.add_argument("--clip", required=True, help="CLIP: a .ckpt of `clip-rerank fit` (or a .safetensors checkpoint)")
+    exp.add_argument("--name", required=True, help="the bundles' short name, e.g. shapes")
+    exp.add_argument("--out", required=True, help="output folder (imagetext/shipped: the models that ship)")
+    exp.set_defaults(run=export.run)
+
+    demo_parser = commands.add_parser("demo", help="generate, optimize and eval with the shipped shapes models "
+                                                   "(what `make demo` runs); --train: the whole pipeline from scratch")
     demo_parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    demo_parser.add_argument("--train", action="store_true", help="train the VQGAN, GPT prior and CLIP first (CPU hours; "
+                                                                  "what `make demo-train` runs)")
     demo_parser.add_argument("--quick", action="store_true", help="a smoke-test profile that finishes in minutes")
     demo_parser.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing outputs")
     demo_parser.set_defaults(run=demo.run)
@@ -93,11 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Which models generate and eval run; left out, the latest `make demo` run's (runs/demo/models.json)."""
-    parser.add_argument("--gpt", metavar="CKPT", help="GPT prior checkpoint from `gpt-prior fit` (default: the demo's)")
-    parser.add_argument("--vqgan", metavar="CKPT", help="decode with this VQGAN instead of the one the prior names")
-    parser.add_argument("--clip", metavar="SPEC", help="CLIP: a checkpoint of `clip-rerank fit` or an open_clip "
-                                                       "architecture (default when reranking: the demo's)")
+    """Which models generate and eval run; left out, the shipped ones ("shapes")."""
+    parser.add_argument("--gpt", metavar="CKPT|NAME", help="GPT prior: a checkpoint of `gpt-prior fit`, a bundle, or a "
+                                                           "shipped name (default: shapes)")
+    parser.add_argument("--vqgan", metavar="CKPT|NAME", help="decode with this VQGAN instead of the one the prior names")
+    parser.add_argument("--clip", metavar="SPEC", help="CLIP: a checkpoint of `clip-rerank fit`, a shipped name or an "
+                                                       "open_clip architecture (default when reranking: shapes)")
+    parser.add_argument("--demo-models", action="store_true", help="where no model is named, use those of the latest "
+                                                                   "`vqgan-clip demo --train` (runs/demo/models.json)")
     parser.add_argument("--clip-pretrained", metavar="TAG|FILE", help="pretrained weights for an open_clip architecture")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")

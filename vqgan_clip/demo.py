@@ -1,21 +1,24 @@
-"""`make demo` / `vqgan-clip demo`: the whole pipeline on the embedded shapes set, CPU only.
+"""`make demo` / `vqgan-clip demo`: the shipped shapes models, then with `--train` the whole pipeline from scratch.
 
-    shapes → vqgan fit → tokenize → gpt-prior fit ─┐
-    shapes → clip-rerank fit ──────────────────────┴→ generate --rerank 32 → optimize → eval → report.html
+    vqgan-clip demo            generate (5 prompts, 2 novel) → optimize → eval, with the shipped models
+    vqgan-clip demo --train    shapes → vqgan fit → tokenize → gpt-prior fit ─┐
+                               shapes → clip-rerank fit ──────────────────────┴→ generate → optimize → eval
+                               and the same with the shipped models, the two sets of figures side by side
 
 Every stage is the command a user would type (run as a subprocess, its output in `OUT/logs/`), so
 the demo exercises exactly what the README documents. CLIP does not depend on the VQGAN→GPT chain:
 it trains beside it, one CPU thread each, which on two cores finishes both in about the time of the
-chain alone.
+chain alone. The shipped models' outputs go to `OUT/shipped/` (`OUT/shipped-quick/` with --quick).
 
 A stage's result is copied to `OUT/models/` when the stage succeeds, and a stage whose result is
-there is skipped, so an interrupted demo resumes at the stage it stopped in (`--fresh` retrains
-everything). `OUT/models.json` names the three checkpoints; `generate` and `optimize` use them when
-no checkpoint is given.
+there is skipped, so an interrupted demo resumes at the stage it stopped in (`--fresh` redoes
+everything). `OUT/models.json` names the three trained checkpoints; `generate`, `optimize` and
+`eval` use them with `--demo-models`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +32,7 @@ import torch
 from imagetext.files import atomic_path
 from imagetext.images import save_grid
 from imagetext.shapes import ShapesDataset
-from vqgan_clip.generate import write_demo_models
+from vqgan_clip.generate import SHIPPED_DEFAULT, write_demo_models
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPTS = (  # the last two are novel compositions: yellow circles and purple squares never occur in training
@@ -138,19 +141,8 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "vqgan_clip", *args]
 
 
-def run(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    profile = PROFILES["quick" if args.quick else "full"]
-    started = time.perf_counter()
-
-    samples = ShapesDataset(64, image_size=32, seed=0)
-    batch = [samples[i] for i in range(len(samples))]
-    grid = save_grid(torch.stack([item["image"] for item in batch]), out / "shapes_grid.png", nrow=8,
-                     metadata={"captions": [item["caption"] for item in batch]})
-    print(f"[demo] shapes training data, a sample: {grid}")
-
+def train_models(out: Path, profile: Profile) -> dict[str, str]:
+    """Train the VQGAN → codes → GPT chain with CLIP beside it; the three checkpoints, also in OUT/models.json."""
     vqgan, codes, gpt = Stage("vqgan", out, "vqgan.ckpt"), Stage("codes", out), Stage("gpt", out, "gpt.ckpt")
     clip = Stage("clip", out, "clip.ckpt")
     # CLIP trains beside the VQGAN → codes → GPT chain: one thread each.
@@ -165,9 +157,13 @@ def run(args: argparse.Namespace) -> None:
     finally:
         clip.stop()
     write_demo_models(out, vqgan=vqgan.result, gpt=gpt.result, clip=clip.result)
-    models = {"vqgan": str(vqgan.result), "gpt": str(gpt.result), "clip": str(clip.result)}
+    return {"vqgan": str(vqgan.result), "gpt": str(gpt.result), "clip": str(clip.result)}
 
+
+def show_models(out: Path, models: dict[str, str], profile: Profile) -> Path:
+    """generate (the demo prompts) → optimize → eval into `out`; the eval.json written."""
     prompts = out / "prompts.txt"
+    prompts.parent.mkdir(parents=True, exist_ok=True)
     prompts.write_text("\n".join(PROMPTS) + "\n")
     Stage("generate", out).run(command("generate", "--prompts-file", str(prompts), "--gpt", models["gpt"],
                                        "--clip", models["clip"], "--rerank", str(profile.rerank), "--keep", "4",
@@ -178,5 +174,41 @@ def run(args: argparse.Namespace) -> None:
     Stage("eval", out, owns_folder=False).run(command(
         "eval", "--gpt", models["gpt"], "--clip", models["clip"], "--data", "shapes", "--n", str(profile.eval_captions),
         "--rerank", str(profile.rerank), "--out", str(out)))
+    return out / "eval.json"
+
+
+HEADLINE = (("single_sample", "one sample"), ("reranked_top1", "top-1 after rerank"), ("oracle_any_of_n", "any of N"))
+
+
+def headline(results: dict[str, Path]) -> str:
+    """The accuracy figures of one or more eval.json files, side by side, as lines for the terminal."""
+    figures = {name: json.loads(path.read_text(encoding="utf-8"))["sets"] for name, path in results.items()}
+    lines = ["[demo] attribute accuracy   " + "".join(f"{name:>24}" for name in figures)]
+    for set_name in ("held_out", "novel"):
+        for key, label in HEADLINE:
+            values = [f"{100 * sets[set_name]['attribute_accuracy'][key]:.0f}%" for sets in figures.values()]
+            lines.append(f"[demo]   {set_name + ': ' + label:<24}" + "".join(f"{value:>24}" for value in values))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    profile = PROFILES["quick" if args.quick else "full"]
+    started = time.perf_counter()
+
+    samples = ShapesDataset(64, image_size=32, seed=0)
+    batch = [samples[i] for i in range(len(samples))]
+    grid = save_grid(torch.stack([item["image"] for item in batch]), out / "shapes_grid.png", nrow=8,
+                     metadata={"captions": [item["caption"] for item in batch]})
+    print(f"[demo] shapes training data, a sample: {grid}")
+
+    shipped_out = out / ("shipped-quick" if args.quick else "shipped")
+    results = {}
+    if args.train:
+        results["trained here"] = show_models(out, train_models(out, profile), profile)
+    results["shipped models"] = show_models(shipped_out, dict.fromkeys(("vqgan", "gpt", "clip"), SHIPPED_DEFAULT), profile)
+    print(headline(results))
     print(f"[demo] finished in {(time.perf_counter() - started) / 60:.1f} min")
-    print(f"[demo] report: {out / 'report.html'}")
+    print(f"[demo] report: {(out if args.train else shipped_out) / 'report.html'}")

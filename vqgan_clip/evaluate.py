@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--rerank must be >= 1 candidates per caption, got {args.rerank}")
     check_data(args.data)  # before the models load
     SamplingSettings.from_args(args)  # bad flags fail before the models load
-    gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip=True)
+    gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip=True, use_demo=args.demo_models)
     models = load_models(gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained,
                          device=args.device, bf16=args.bf16)
     sampling = SamplingSettings.from_args(args, models.prior.sampling)

@@ -35,10 +35,12 @@ from clip_rerank.metrics import clip_score
 from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
 from imagetext.files import atomic_path, file_sha256, safe_name, unique_dir
 from imagetext.images import save_grid, save_png
+from imagetext.shipped import resolve, shipped_file, shipped_names
 from vqgan import VQGAN
 
 DEMO_DIR = Path("runs/demo")
-DEMO_MODELS_FILE = "models.json"  # {"vqgan": path, "gpt": path, "clip": path}, written by `make demo`
+DEMO_MODELS_FILE = "models.json"  # {"vqgan": path, "gpt": path, "clip": path}, written by `vqgan-clip demo --train`
+SHIPPED_DEFAULT = "shapes"  # the shipped models' short name (imagetext.shipped)
 GRID_COLUMNS = 8
 SCORE_METRIC = "CLIP score: 100 × cosine similarity of the image and prompt embeddings"
 
@@ -113,17 +115,17 @@ class Candidates:
 
 
 def demo_models(demo_dir: str | Path = DEMO_DIR) -> dict[str, Path]:
-    """The models of the latest `make demo` run: {"vqgan", "gpt", "clip"} from `demo_dir`/models.json,
+    """The models of the latest `vqgan-clip demo --train`: {"vqgan", "gpt", "clip"} from `demo_dir`/models.json,
     whose relative paths are relative to `demo_dir` (as `write_demo_models` writes them)."""
     demo_dir = Path(demo_dir)
     file = demo_dir / DEMO_MODELS_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"no models named: {file} (written by `make demo`) not found; "
-                                f"run `make demo`, or pass --gpt CKPT (and --clip SPEC to rerank)")
+        raise FileNotFoundError(f"--demo-models: {file} (written by `vqgan-clip demo --train`) not found; "
+                                f"run `vqgan-clip demo --train`, or leave out --demo-models for the shipped models")
     entries = json.loads(file.read_text(encoding="utf-8"))
     missing = [key for key in ("vqgan", "gpt", "clip") if key not in entries]
     if missing:
-        raise ValueError(f"{file} lacks {', '.join(missing)}; run `make demo` again to rewrite it")
+        raise ValueError(f"{file} lacks {', '.join(missing)}; run `vqgan-clip demo --train` again to rewrite it")
     return {key: demo_dir / entries[key] for key in ("vqgan", "gpt", "clip")}
 
 
@@ -137,26 +139,34 @@ def write_demo_models(demo_dir: str | Path, *, vqgan: str | Path, gpt: str | Pat
     return demo_dir / DEMO_MODELS_FILE
 
 
-def choose_checkpoints(gpt: str | None, vqgan_path: str | None, clip: str | None, need_clip: bool,
-                       demo_dir: str | Path = DEMO_DIR) -> tuple[str, str | None, str | None]:
-    """(gpt, vqgan override, clip spec): the ones given, the rest from the latest `make demo` run.
+def default_model(key: str, use_demo: bool, demo_dir: str | Path = DEMO_DIR) -> str:
+    """The model used where none is named: the shipped one ("shapes"), or with `use_demo` the one the
+    latest `vqgan-clip demo --train` recorded for `key` ("vqgan", "gpt" or "clip")."""
+    return str(demo_models(demo_dir)[key]) if use_demo else SHIPPED_DEFAULT
 
-    The demo's VQGAN goes with the demo's prior; a prior given with --gpt decodes with its own VQGAN.
+
+def choose_checkpoints(gpt: str | None, vqgan_path: str | None, clip: str | None, need_clip: bool,
+                       use_demo: bool = False, demo_dir: str | Path = DEMO_DIR) -> tuple[str, str | None, str | None]:
+    """(gpt, vqgan override, clip spec): the ones given, the rest the shipped models (or the demo's).
+
+    A prior decodes with the VQGAN it names (the shipped prior names the shipped VQGAN); the demo's
+    VQGAN goes with the demo's prior.
     """
-    if gpt is None or (need_clip and clip is None):
-        demo = demo_models(demo_dir)
-        if gpt is None:
-            gpt, vqgan_path = str(demo["gpt"]), vqgan_path or str(demo["vqgan"])
-        if need_clip and clip is None:
-            clip = str(demo["clip"])
+    if gpt is None:
+        gpt = default_model("gpt", use_demo, demo_dir)
+        if use_demo:
+            vqgan_path = vqgan_path or default_model("vqgan", use_demo, demo_dir)
+    if need_clip and clip is None:
+        clip = default_model("clip", use_demo, demo_dir)
     return gpt, vqgan_path, clip
 
 
 def load_prior(gpt: str | Path, device: str | torch.device = "cpu") -> PriorBundle:
-    """The GPT prior of a `gpt-prior fit` checkpoint; a missing or unreadable file is a one-line error."""
-    gpt = Path(gpt)
+    """The GPT prior of a `gpt-prior fit` checkpoint, a bundle or a shipped name; an unreadable file is a one-line error."""
+    gpt = resolve("gpt_prior", gpt)
     if not gpt.is_file():
-        raise FileNotFoundError(f"GPT prior checkpoint {gpt} not found; pass --gpt with a .ckpt from `gpt-prior fit`")
+        raise FileNotFoundError(f"GPT prior checkpoint {gpt} not found; pass --gpt with a .ckpt from `gpt-prior fit`, "
+                                f"a .safetensors bundle or a shipped name ({', '.join(shipped_names('gpt_prior')) or 'none'})")
     try:
         return gpt_prior.load(gpt, map_location=device)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # not a torch file, or not tensors and plain data
@@ -179,11 +189,13 @@ def load_models(gpt: str | Path, *, vqgan_path: str | Path | None = None, clip: 
     built) are raised here, before anything is drawn or written.
     """
     device = torch.device(device)
-    gpt = Path(gpt)
+    gpt = resolve("gpt_prior", gpt)
     prior = load_prior(gpt, device)
     vqgan_file = resolve_vqgan(prior, vqgan_path)
     decoder = vqgan.load(vqgan_file, map_location=device)
     check_codebook(prior, decoder.codebook_size, vqgan_file)
+    if clip is not None and clip in shipped_names("clip_rerank") and not Path(clip).exists():
+        clip = str(shipped_file("clip_rerank", clip))
     scorer = None if clip is None else clip_rerank.load(clip, pretrained=clip_pretrained, device=device, bf16=bf16)
     checkpoints = {
         "gpt": {"path": str(gpt.resolve()), "sha256": file_sha256(gpt)},
@@ -327,7 +339,7 @@ def run(args: argparse.Namespace) -> None:
     n, keep = candidate_counts(args.rerank, args.keep)
     SamplingSettings.from_args(args)  # bad flags fail before the models load
     need_clip = args.rerank is not None or args.clip is not None
-    gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip)
+    gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip, args.demo_models)
     models = load_models(gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained,
                          device=args.device, bf16=args.bf16)
     sampling = SamplingSettings.from_args(args, models.prior.sampling)

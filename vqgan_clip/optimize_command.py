@@ -8,7 +8,7 @@ Each run gets its own folder under --out, named after the prompt and never reuse
         frames/       every --save-every steps (and the end), when asked
         video.mp4     with --video: mp4 through ffmpeg when it is on PATH, else video.gif through Pillow
 
-Models default to the ones `make demo` trained, listed in runs/demo/models.json.
+Models default to the shipped shapes models (`--demo-models`: those of the latest `vqgan-clip demo --train`).
 Ctrl-C ends the optimisation early; the current image and run.json are still written.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from imagetext.files import atomic_path, safe_name, unique_dir
 from imagetext.images import open_rgb, pil_to_tensor, save_png
 from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
 from optimize.prompts import Prompt, TextPrompt, describe_prompt, parse_image_prompt, parse_noise_prompt, parse_prompts
-from vqgan_clip.generate import check_codebook, demo_models, load_prior
+from vqgan_clip.generate import check_codebook, default_model, load_prior
 
 VIDEO_FPS = 10
 FRAMES_IN_A_DEFAULT_VIDEO = 100
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--init", choices=("random", "image", "noise", "gpt"), default=None,
                        help="random codes (default), --init-image encoded, pixel noise encoded, or a GPT prior sample")
     start.add_argument("--init-image", metavar="PATH", help="image to start from (implies --init image)")
-    start.add_argument("--gpt", metavar="CKPT", help="GPT prior checkpoint for --init gpt (default: runs/demo/models.json)")
+    start.add_argument("--gpt", metavar="CKPT|NAME", help="GPT prior for --init gpt (default: the shipped shapes prior)")
     start.add_argument("--init-weight", type=float, default=0.0, help="pull z toward its start (default 0: off)")
 
     run_settings = parser.add_argument_group("optimisation")
@@ -69,22 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_settings.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                               help="cuda when available, else cpu")
 
-    models = parser.add_argument_group("models (default: the ones in runs/demo/models.json)")
-    models.add_argument("--vqgan", metavar="CKPT", help="this project's VQGAN: .ckpt from `vqgan fit` or .safetensors bundle")
+    models = parser.add_argument_group("models (default: the shipped shapes models)")
+    models.add_argument("--vqgan", metavar="CKPT|NAME", help="this project's VQGAN: .ckpt from `vqgan fit`, .safetensors "
+                                                             "bundle, or a shipped name")
     models.add_argument("--vqgan-config", metavar="YAML", help="a taming-transformers model.yaml (with --vqgan-checkpoint)")
     models.add_argument("--vqgan-checkpoint", metavar="CKPT", help="a taming-transformers checkpoint (with --vqgan-config)")
-    models.add_argument("--clip", metavar="SPEC", help="a CLIP checkpoint of this project, or an open_clip architecture")
+    models.add_argument("--clip", metavar="SPEC", help="a CLIP checkpoint of this project, a shipped name, or an open_clip architecture")
     models.add_argument("--clip-pretrained", metavar="TAG_OR_FILE", help="open_clip pretrained tag or weights file")
+    models.add_argument("--demo-models", action="store_true", help="where no model is named, use those of the latest "
+                                                                   "`vqgan-clip demo --train` (runs/demo/models.json)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", default="runs/optimize", help="parent folder of the run folders (default runs/optimize)")
     output.add_argument("--save-every", type=int, default=0, metavar="N", help="save a frame every N steps (default: none)")
     output.add_argument("--video", action="store_true", help="join the frames into video.mp4 (ffmpeg) or video.gif")
-
-
-def demo_model(key: str) -> str:
-    """The checkpoint `make demo` recorded for `key` ("vqgan", "gpt" or "clip")."""
-    return str(demo_models()[key])
 
 
 def round_size(width: int, height: int, factor: int) -> tuple[int, int, str | None]:
@@ -108,9 +106,9 @@ def load_models(args: argparse.Namespace, gpt_vqgan: Path | None) -> tuple[vqgan
         model = vqgan.from_taming(args.vqgan_config, args.vqgan_checkpoint)
         vqgan_source = f"{args.vqgan_config} + {args.vqgan_checkpoint}"
     else:
-        vqgan_source = str(args.vqgan or gpt_vqgan or demo_model("vqgan"))
+        vqgan_source = str(args.vqgan or gpt_vqgan or default_model("vqgan", args.demo_models))
         model = vqgan.load(vqgan_source)
-    clip_spec = args.clip or demo_model("clip")
+    clip_spec = args.clip or default_model("clip", args.demo_models)
     scorer = clip_rerank.load(clip_spec, pretrained=args.clip_pretrained, device=args.device, bf16=args.bf16)
     sources = {"vqgan": vqgan_source, "clip": clip_spec, "clip_pretrained": args.clip_pretrained}
     return model.to(args.device), scorer, sources
@@ -165,7 +163,7 @@ def run(args: argparse.Namespace) -> None:
 
     bundle, gpt_path = None, None
     if init == "gpt":
-        gpt_path = args.gpt or demo_model("gpt")
+        gpt_path = args.gpt or default_model("gpt", args.demo_models)
         bundle = load_prior(gpt_path, args.device)
     vqgan_given = args.vqgan or args.vqgan_config or args.vqgan_checkpoint
     model, scorer, sources = load_models(args, resolve_vqgan(bundle) if bundle and not vqgan_given else None)
