@@ -12,7 +12,8 @@ setup(
     description="Text-to-image in the DALL·E 1 / VQGAN-CLIP lineage: VQGAN, GPT prior, CLIP rerank, CLIP-guided latent optimisation",
     python_requires=">=3.10",
     packages=find_packages(include=["imagetext*", "vqgan*", "gpt_prior*", "clip_rerank*", "optimize*", "vqgan_clip*"]),
-    package_data={"": ["*.json"]},
+    # the shipped models (imagetext/shipped/STAGE/NAME.safetensors + NAME.md) travel with the package
+    package_data={"": ["*.json"], "imagetext.shipped": ["*/*.safetensors", "*/*.md"]},
     install_requires=TORCH_PAIR + [
         "pytorch-lightning>=2.4,<3",
         "einops>=0.8",

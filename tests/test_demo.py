@@ -51,10 +51,11 @@ def test_a_fit_that_leaves_no_checkpoint_is_an_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
-    """`vqgan-clip demo --quick`: every stage as a user runs it, on a fresh folder (about 3 minutes)."""
+def test_the_quick_train_demo_runs_the_whole_pipeline(tmp_path):
+    """`vqgan-clip demo --train --quick`: every stage as a user runs it, on a fresh folder (about 3 minutes),
+    then the same with the shipped models, side by side."""
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--quick", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--train", "--quick", "--out", str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"report: {out / 'report.html'}" in result.stdout
@@ -71,7 +72,10 @@ def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert set(figures) == {"held_out", "novel"}
     assert 0 <= figures["held_out"]["attribute_accuracy"]["reranked_top1"] <= 1
     assert (out / "report.html").read_text().count("data:image/png;base64,") > 10
-    # A second run reuses every stage.
-    again = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--quick", "--out", str(out)],
+    shipped = json.loads((out / "shipped-quick" / "eval.json").read_text())
+    assert shipped["checkpoints"]["gpt"]["path"].endswith("gpt_prior/shapes.safetensors")
+    assert "trained here" in result.stdout and "shipped models" in result.stdout
+    # A second run reuses every stage: 4 trained, 3 showing them, 3 showing the shipped models.
+    again = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--train", "--quick", "--out", str(out)],
                            capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 7
+    assert again.returncode == 0 and again.stdout.count("reusing") == 10
