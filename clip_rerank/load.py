@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 
 from clip_rerank.scorer import Scorer
 from imagetext.files import atomic_path
-from imagetext.shipped import shipped_file, shipped_names
+from imagetext.shipped import resolve_if_shipped, shipped_names
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "clip_rerank"
 CHECKPOINT_FORMAT = "clip_rerank/1"
@@ -65,9 +65,7 @@ def load(spec: str | Path, *, pretrained: str | Path | None = None, device: str 
 
     `bf16` runs the encoders under bf16 autocast; weights stay float32. Errors name what to change.
     """
-    spec = str(spec)
-    if spec in shipped_names("clip_rerank") and not Path(spec).exists():
-        spec = str(shipped_file("clip_rerank", spec))
+    spec = resolve_if_shipped("clip_rerank", str(spec))
     if Path(spec).suffix in CHECKPOINT_SUFFIXES:
         if pretrained is not None:
             raise ValueError(f"{spec} is a checkpoint with its own weights; drop pretrained={str(pretrained)!r}")

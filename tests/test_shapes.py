@@ -97,6 +97,12 @@ def test_caption_parse_round_trip_and_errors():
         parse_caption("a small red circle next to a large blue square")
 
 
+SMALL_RED_CIRCLE_ABOVE_LARGE_BLUE_SQUARE = Scene(
+    (ShapeObject("small", "red", "circle", (2, 2, 10, 10)), ShapeObject("large", "blue", "square", (2, 16, 16, 30))),
+    "above",
+)
+
+
 @pytest.mark.parametrize("split", ["train", "novel"])
 def test_parser_recovers_every_attribute_on_ground_truth(split):
     n, correct = 1000, 0
@@ -107,13 +113,7 @@ def test_parser_recovers_every_attribute_on_ground_truth(split):
 
 
 def test_parser_reads_tensors_and_rejects_wrong_captions():
-    scene = Scene(
-        (
-            ShapeObject("small", "red", "circle", (2, 2, 10, 10)),
-            ShapeObject("large", "blue", "square", (2, 16, 16, 30)),
-        ),
-        "above",
-    )
+    scene = SMALL_RED_CIRCLE_ABOVE_LARGE_BLUE_SQUARE
     image = array_to_tensor(render(scene, 32))
     assert matches("a small red circle above a large blue square", image)
     assert not matches("a small red circle below a large blue square", image)
@@ -126,13 +126,7 @@ def test_parser_reads_tensors_and_rejects_wrong_captions():
 
 
 def test_scene_errors_name_what_is_wrong_and_scene_keys_ignore_listing_order():
-    scene = Scene(
-        (
-            ShapeObject("small", "red", "circle", (2, 2, 10, 10)),
-            ShapeObject("large", "blue", "square", (2, 16, 16, 30)),
-        ),
-        "above",
-    )
+    scene = SMALL_RED_CIRCLE_ABOVE_LARGE_BLUE_SQUARE
     found = describe(render(scene, 32))
     assert scene_errors(parse_caption("a small red circle above a large blue square"), found) == set()
     assert scene_errors(parse_caption("a small red circle below a large blue square"), found) == {"relation"}

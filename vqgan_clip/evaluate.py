@@ -147,8 +147,9 @@ def judged_candidates_figures(captions: list[str], candidates: Tensor, best: Ten
     right = torch.zeros(n_captions, n_candidates, dtype=torch.bool)
     errors = dict.fromkeys(ERROR_KINDS, 0)
     distinct_scenes = 0
-    for p, caption in enumerate(captions):
-        expected, keys = parse_caption(caption), set()
+    expected_scenes = [parse_caption(caption) for caption in captions]
+    for p, expected in enumerate(expected_scenes):
+        keys = set()
         for i, image in enumerate(candidates[p]):
             found = describe(image)
             wrong = scene_errors(expected, found)
@@ -170,7 +171,7 @@ def judged_candidates_figures(captions: list[str], candidates: Tensor, best: Ten
     overall["rerank_lift"] = overall["reranked_top1"] - overall["single_sample"]
     overall["clip_pick_rate"] = right[every, best][oracle].float().mean().item() if oracle.any() else 0.0
     figures: dict[str, object] = {"attribute_accuracy": overall}
-    n_objects = torch.tensor([len(parse_caption(caption).objects) for caption in captions])
+    n_objects = torch.tensor([len(scene.objects) for scene in expected_scenes])
     for kind, count in (("one_object", 1), ("two_objects", 2)):
         rows = every[n_objects == count]
         if rows.numel():

@@ -35,7 +35,7 @@ from clip_rerank.metrics import clip_score
 from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
 from imagetext.files import atomic_path, file_sha256, safe_name, unique_dir
 from imagetext.images import save_grid, save_png
-from imagetext.shipped import resolve, shipped_file, shipped_names
+from imagetext.shipped import resolve, resolve_if_shipped, shipped_names
 from vqgan import VQGAN
 
 DEMO_DIR = Path("runs/demo")
@@ -194,8 +194,8 @@ def load_models(gpt: str | Path, *, vqgan_path: str | Path | None = None, clip: 
     vqgan_file = resolve_vqgan(prior, vqgan_path)
     decoder = vqgan.load(vqgan_file, map_location=device)
     check_codebook(prior, decoder.codebook_size, vqgan_file)
-    if clip is not None and clip in shipped_names("clip_rerank") and not Path(clip).exists():
-        clip = str(shipped_file("clip_rerank", clip))
+    if clip is not None:  # a shipped name as its file, so that its sha256 is recorded below
+        clip = resolve_if_shipped("clip_rerank", clip)
     scorer = None if clip is None else clip_rerank.load(clip, pretrained=clip_pretrained, device=device, bf16=bf16)
     checkpoints = {
         "gpt": {"path": str(gpt.resolve()), "sha256": file_sha256(gpt)},

@@ -47,6 +47,14 @@ def resolve(stage: str, spec: str | Path) -> Path:
     return shipped_file(stage, str(spec)) if is_bare_name(spec) else Path(spec)
 
 
+def resolve_if_shipped(stage: str, spec: str) -> str:
+    """`spec` itself, unless it is the name of a shipped model: then that model's checked file. For specs
+    that may also be other names (a CLIP architecture), where `resolve` would refuse an unknown word."""
+    if spec in shipped_names(stage) and not Path(spec).exists():
+        return str(shipped_file(stage, spec))
+    return spec
+
+
 def card_sha256(card: Path) -> str:
     found = SHA256_LINE.search(card.read_text(encoding="utf-8"))
     if found is None:
