@@ -12,8 +12,9 @@ setup(
     description="Text-to-image in the DALL·E 1 / VQGAN-CLIP lineage: VQGAN, GPT prior, CLIP rerank, CLIP-guided latent optimisation",
     python_requires=">=3.10",
     packages=find_packages(include=["imagetext*", "vqgan*", "gpt_prior*", "clip_rerank*", "optimize*", "vqgan_clip*"]),
-    # the shipped models (imagetext/shipped/STAGE/NAME.safetensors + NAME.md) travel with the package
-    package_data={"": ["*.json"], "imagetext.shipped": ["*/*.safetensors", "*/*.md"]},
+    # the stage configs and small open_clip JSONs (imagetext/configs/STAGE/) and the shipped models
+    # (imagetext/shipped/STAGE/NAME.safetensors + NAME.md) travel with the package
+    package_data={"imagetext.configs": ["*/*.yaml", "*/*.json"], "imagetext.shipped": ["*/*.safetensors", "*/*.md"]},
     install_requires=TORCH_PAIR + [
         "pytorch-lightning>=2.4,<3",
         "einops>=0.8",
@@ -29,7 +30,8 @@ setup(
         "scipy>=1.10",  # connected components for the shapes parser
         "lpips>=0.1.4",  # LPIPS linear heads for the VQGAN perceptual loss
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    # setuptools>=70.1 builds a wheel without the `wheel` package (the install test builds one offline)
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "setuptools>=70.1"]},
     entry_points={
         "console_scripts": [
             "vqgan-clip=vqgan_clip.cli:main",

@@ -41,10 +41,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from imagetext.configs import packaged_config
 from vqgan.discriminator import adaptive_disc_weight, generator_loss
 from vqgan.lightning import VQGANModule
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vqgan" / "emoji.yaml"
+DEFAULT_CONFIG = packaged_config("vqgan", "emoji")
 
 
 def parse_args() -> argparse.Namespace:

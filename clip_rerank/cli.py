@@ -4,4 +4,4 @@ from imagetext.training import run_stage_cli
 
 
 def main(args: list[str] | None = None) -> None:
-    run_stage_cli("clip-rerank", CLIPModule, args=args)
+    run_stage_cli("clip-rerank", "clip_rerank", CLIPModule, args=args)

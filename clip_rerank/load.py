@@ -8,7 +8,7 @@
     load("runs/clip/clip.safetensors")             a checkpoint of this project, which names its own architecture
     load("shapes")                                 a shipped checkpoint of this project, by its short name
 
-The small architectures in `configs/clip_rerank/*.json` are registered with open_clip when this module
+The small architectures in `imagetext/configs/clip_rerank/*.json` (package data) are registered with open_clip when this module
 is imported, so every name above goes through open_clip's one factory.
 
 Checkpoint format of this project (written by `save_checkpoint`):
@@ -41,10 +41,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from clip_rerank.scorer import Scorer
+from imagetext.configs import config_dir
 from imagetext.files import atomic_path
 from imagetext.shipped import resolve_if_shipped, shipped_names
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "clip_rerank"
+CONFIG_DIR = config_dir("clip_rerank")
 CHECKPOINT_FORMAT = "clip_rerank/1"
 LIGHTNING_METADATA_KEY = "clip_rerank"
 LIGHTNING_MODEL_PREFIX = "model."

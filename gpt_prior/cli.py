@@ -5,4 +5,4 @@ from imagetext.training import run_stage_cli
 
 
 def main(args: list[str] | None = None) -> None:
-    run_stage_cli("gpt-prior", GPTPriorModule, CodeShardDataModule, args=args, linked={"data.codes": "model.codes"})
+    run_stage_cli("gpt-prior", "gpt_prior", GPTPriorModule, CodeShardDataModule, args=args, linked={"data.codes": "model.codes"})

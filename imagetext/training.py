@@ -12,6 +12,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LightningCLI
 
+from imagetext.configs import resolve_config
 from imagetext.datamodule import DataEpochHooks, ImageTextDataModule
 from imagetext.files import atomic_path
 
@@ -54,14 +55,32 @@ class AtomicCheckpoints(pl.Callback):
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
+CONFIG_FLAGS = ("-c", "--config")
+
+
+def with_packaged_configs(stage: str, args: list[str]) -> list[str]:
+    """`args` with each `-c NAME` that names no file replaced by `stage`'s packaged config NAME.yaml."""
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        flag, equals, value = arg.partition("=")
+        if flag in CONFIG_FLAGS and equals:
+            resolved[i] = f"{flag}={resolve_config(stage, value)}"
+        elif arg in CONFIG_FLAGS and i + 1 < len(resolved):
+            resolved[i + 1] = str(resolve_config(stage, resolved[i + 1]))
+    return resolved
+
+
 def run_stage_cli(
     program: str,
+    stage: str,
     module_class: type[pl.LightningModule],
     datamodule_class: type[pl.LightningDataModule] = ImageTextDataModule,
     args: list[str] | None = None,
     linked: dict[str, str] | None = None,
 ) -> None:
     """`fit / validate / test` with YAML configs read by omegaconf (interpolation like ${data.image_size}).
+
+    `-c` takes a path or the short name of one of `stage`'s packaged configs (`-c shapes`).
 
     `linked` maps a data argument to the model argument that always takes its value ("data.codes" ->
     "model.codes"): one flag sets both, and setting the model's own is an error. (An interpolation in
@@ -74,6 +93,9 @@ def run_stage_cli(
         def add_arguments_to_parser(self, parser) -> None:
             for source, target in (linked or {}).items():
                 parser.link_arguments(source, target)
+
+        def parse_arguments(self, parser, args) -> None:
+            self.config = parser.parse_args(with_packaged_configs(stage, sys.argv[1:] if args is None else args))
 
     try:
         StageCLI(

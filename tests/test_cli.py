@@ -74,3 +74,27 @@ def test_shipped_training_configs_parse(module, configs, capsys, monkeypatch):
     assert exited.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "max_steps:" in printed and "class_path:" in printed
+
+
+def printed_config(module: str, args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(f"{module}.cli").main(["fit", *args, "--print_config"])
+    assert exited.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["vqgan", "gpt_prior", "clip_rerank"])
+def test_a_short_config_name_finds_the_packaged_config_from_any_folder(module, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    from_clone = printed_config(module, ["-c", f"configs/{module}/shapes.yaml"], capsys)
+    monkeypatch.chdir(tmp_path)
+    assert printed_config(module, ["-c", "shapes"], capsys) == from_clone
+    assert printed_config(module, ["--config=shapes.yaml"], capsys) == from_clone
+
+
+def test_an_unknown_config_name_is_one_line_listing_the_packaged_ones(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vqgan", "fit", "-c", "shapez"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert "'shapez'" in result.stderr and "emoji, shapes" in result.stderr

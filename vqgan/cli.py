@@ -4,4 +4,4 @@ from vqgan.lightning import VQGANModule
 
 
 def main(args: list[str] | None = None) -> None:
-    run_stage_cli("vqgan", VQGANModule, args=args)
+    run_stage_cli("vqgan", "vqgan", VQGANModule, args=args)

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
+from imagetext.configs import packaged_config
 from imagetext.files import atomic_path
 from imagetext.images import save_grid
 from imagetext.shapes import ShapesDataset
 from vqgan_clip.generate import SHIPPED_DEFAULT, write_demo_models
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPTS = (  # the last two are novel compositions: yellow circles and purple squares never occur in training
     "a large red circle",
     "a small blue square above a large green triangle",
@@ -146,12 +146,12 @@ def train_models(out: Path, profile: Profile) -> dict[str, str]:
     vqgan, codes, gpt = Stage("vqgan", out, "vqgan.ckpt"), Stage("codes", out), Stage("gpt", out, "gpt.ckpt")
     clip = Stage("clip", out, "clip.ckpt")
     # CLIP trains beside the VQGAN → codes → GPT chain: one thread each.
-    clip.start(fit_command("clip_rerank", CONFIGS / "clip_rerank/shapes.yaml", clip, profile.clip_steps), threads=1)
+    clip.start(fit_command("clip_rerank", packaged_config("clip_rerank", "shapes"), clip, profile.clip_steps), threads=1)
     try:
-        vqgan.run(fit_command("vqgan", CONFIGS / "vqgan/shapes.yaml", vqgan, profile.vqgan_steps), threads=1)
-        codes.run(command("tokenize", "--vqgan", str(vqgan.result), "--data", str(CONFIGS / "vqgan/shapes.yaml"),
+        vqgan.run(fit_command("vqgan", packaged_config("vqgan", "shapes"), vqgan, profile.vqgan_steps), threads=1)
+        codes.run(command("tokenize", "--vqgan", str(vqgan.result), "--data", str(packaged_config("vqgan", "shapes")),
                           "--out", str(codes.folder)), threads=1)
-        gpt.run(fit_command("gpt_prior", CONFIGS / "gpt_prior/shapes.yaml", gpt, profile.gpt_steps,
+        gpt.run(fit_command("gpt_prior", packaged_config("gpt_prior", "shapes"), gpt, profile.gpt_steps,
                             "--data.codes", str(codes.folder)), threads=1)
         clip.finish()
     finally:

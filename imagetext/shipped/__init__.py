@@ -12,9 +12,9 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from imagetext import STAGES
 from imagetext.files import file_sha256
 
-STAGES = ("vqgan", "gpt_prior", "clip_rerank")
 SHA256_LINE = re.compile(r"^\W*sha256\W+([0-9a-f]{64})\b", re.MULTILINE)
 
 
