@@ -1,10 +1,10 @@
-# Two commands matter: `make demo` and `make test`. Both create the environment first when needed.
+# Two commands matter: `make demo` and `make test`. Every target creates the environment first when needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-train test test-fast clean
+.PHONY: setup demo demo-train test lint format clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,15 @@ demo-train: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# ruff.toml holds the rules; `make format` rewrites what `make lint` would refuse
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) *.egg-info

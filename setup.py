@@ -15,7 +15,8 @@ setup(
     # the stage configs and small open_clip JSONs (imagetext/configs/STAGE/) and the shipped models
     # (imagetext/shipped/STAGE/NAME.safetensors + NAME.md) travel with the package
     package_data={"imagetext.configs": ["*/*.yaml", "*/*.json"], "imagetext.shipped": ["*/*.safetensors", "*/*.md"]},
-    install_requires=TORCH_PAIR + [
+    install_requires=TORCH_PAIR
+    + [
         "pytorch-lightning>=2.4,<3",
         "einops>=0.8",
         "open_clip_torch>=2.24",

@@ -19,6 +19,7 @@ attribute, and which attribute the wrong winner differed in when top-1 failed. T
 split by kind: the opposite relation (the mirror picture: does CLIP bind each colour to its place?)
 and a relation on the other axis (above vs to the left of: does it read the layout's direction?).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,7 @@ def place(scene: Scene, pool: dict[tuple, list[Scene]], rng: np.random.Generator
     if not layouts:
         raise ValueError(f"no layout for {scene.caption!r} in the pool; raise --layouts")
     layout = layouts[rng.integers(len(layouts))]
-    return replace(scene, objects=tuple(replace(o, box=l.box) for o, l in zip(scene.objects, layout.objects)))
+    return replace(scene, objects=tuple(replace(o, box=placed.box) for o, placed in zip(scene.objects, layout.objects)))
 
 
 def one_attribute_variants(scene: Scene, split: str) -> list[tuple[str, Scene]]:
@@ -98,8 +99,9 @@ def difference(truth: Scene, attribute: str, variant: Scene) -> str:
     return "relation, opposite" if variant.relation == OPPOSITE_RELATION[truth.relation] else "relation, other axis"
 
 
-def build_case(caption_scene: Scene, n_candidates: int, pool: dict, image_size: int, split: str,
-               rng: np.random.Generator) -> tuple[torch.Tensor, list[str | None]]:
+def build_case(
+    caption_scene: Scene, n_candidates: int, pool: dict, image_size: int, split: str, rng: np.random.Generator
+) -> tuple[torch.Tensor, list[str | None]]:
     """Candidate images [n,3,S,S] in [-1,1] in a random order, and what each differs in (None: the match):
     an attribute, the relation told apart as in `difference`."""
     truth = caption_scene.without_boxes()
@@ -150,7 +152,9 @@ def main() -> None:
         "top1": {group: float(np.mean(hits)) for group, hits in top1.items() if hits},
         "cases_per_group": {group: len(hits) for group, hits in top1.items()},
         "match_beats_all_differing_in": {d: float(np.mean(beats[d])) for d in DIFFERENCES if beats[d]},
-        "wrong_winner_differed_in": {d: sum(n for w, n in wrong_winner.items() if w.startswith(d)) for d in DIFFERENCES},
+        "wrong_winner_differed_in": {
+            d: sum(n for w, n in wrong_winner.items() if w.startswith(d)) for d in DIFFERENCES
+        },
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(f"CLIP {args.clip}: {args.cases} cases x {args.candidates} candidates ({args.split} split, seed {args.seed})")

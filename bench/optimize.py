@@ -18,6 +18,7 @@ Each variant runs in a subprocess of its own, so its peak memory is its own: the
 (ru_maxrss) and its growth over the loaded models on CPU, torch.cuda.max_memory_allocated on a GPU.
 Random CLIP weights are fine: speed does not depend on what a model learned.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,21 @@ VARIANTS = ("baseline", "ours fp32", "ours bf16")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vqgan", default="runs/vqgan/emoji/logs/version_0/checkpoints/last.ckpt")
-    parser.add_argument("--clip", default="clip-tiny-64", help="CLIP checkpoint or open_clip architecture (random weights)")
+    parser.add_argument(
+        "--clip", default="clip-tiny-64", help="CLIP checkpoint or open_clip architecture (random weights)"
+    )
     parser.add_argument("--clip-pretrained", default=None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="square image sides")
     parser.add_argument("--cutn", type=int, default=32)
     parser.add_argument("--cut-pow", type=float, default=1.0)
     parser.add_argument("--iterations", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="runs per variant, in rotating order; the fastest counts (on shared cores load comes and goes)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs per variant, in rotating order; the fastest counts (on shared cores load comes and goes)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON of one (size, variant): run it, print JSON
@@ -79,7 +86,9 @@ def anchor_augment(batch: torch.Tensor, aug: Augmentations, generator: torch.Gen
     angle = torch.where(apply, _uniform(n, -aug.degrees, aug.degrees, generator), 0).deg2rad()
     shear = torch.where(apply, _uniform(n, -aug.shear, aug.shear, generator), 0).deg2rad().tan()
     zoom = torch.where(apply, _uniform(n, 1 - aug.scale, 1 + aug.scale, generator), 1)
-    shift = torch.where(rearrange(apply, "n -> n 1"), _uniform(2 * n, -aug.translate, aug.translate, generator).view(n, 2), 0)
+    shift = torch.where(
+        rearrange(apply, "n -> n 1"), _uniform(2 * n, -aug.translate, aug.translate, generator).view(n, 2), 0
+    )
     cos, sin = angle.cos(), angle.sin()
     linear = torch.stack([torch.stack([cos, cos * shear - sin], -1), torch.stack([sin, sin * shear + cos], -1)], 1)
     theta = torch.cat([linear / rearrange(zoom, "n -> n 1 1"), rearrange(shift * 2, "n i -> n i 1")], dim=-1)
@@ -90,14 +99,17 @@ def anchor_augment(batch: torch.Tensor, aug: Augmentations, generator: torch.Gen
 
     jitter = torch.rand(n, generator=generator) < aug.probability
     per_sample = "n -> n 1 1 1"
-    brightness, contrast, saturation = (rearrange(torch.where(jitter, _uniform(n, 1 - s, 1 + s, generator), 1), per_sample)
-                                        for s in (aug.brightness, aug.contrast, aug.saturation))
+    brightness, contrast, saturation = (
+        rearrange(torch.where(jitter, _uniform(n, 1 - s, 1 + s, generator), 1), per_sample)
+        for s in (aug.brightness, aug.contrast, aug.saturation)
+    )
     hue = torch.where(jitter, _uniform(n, -aug.hue, aug.hue, generator), 0) * 2 * math.pi
     batch = batch * brightness
     gray = torch.einsum("c, n c h w -> n h w", RGB_TO_YIQ[0], batch)
     batch = torch.lerp(rearrange(gray.mean((1, 2)), per_sample), batch, contrast)
-    batch = torch.lerp(rearrange(torch.einsum("c, n c h w -> n h w", RGB_TO_YIQ[0], batch), "n h w -> n 1 h w"),
-                       batch, saturation)
+    batch = torch.lerp(
+        rearrange(torch.einsum("c, n c h w -> n h w", RGB_TO_YIQ[0], batch), "n h w -> n 1 h w"), batch, saturation
+    )
     y, i, q = torch.einsum("i c, n c h w -> i n h w", RGB_TO_YIQ, batch)
     cos, sin = rearrange(hue.cos(), "n -> n 1 1"), rearrange(hue.sin(), "n -> n 1 1")
     batch = torch.einsum("c i, i n h w -> n c h w", YIQ_TO_RGB, torch.stack([y, i * cos - q * sin, i * sin + q * cos]))
@@ -110,14 +122,16 @@ def anchor_augment(batch: torch.Tensor, aug: Augmentations, generator: torch.Gen
         top = int(torch.randint(height - box_h + 1, (), generator=generator))
         left = int(torch.randint(width - box_w + 1, (), generator=generator))
         mask = torch.ones_like(batch[:1, :1])
-        mask[..., top:top + box_h, left:left + box_w] = 0
+        mask[..., top : top + box_h, left : left + box_w] = 0
         batch = batch * mask
 
     sigma = rearrange(_uniform(n, 0, aug.noise, generator), per_sample)
     return batch + sigma * torch.randn(batch.shape, generator=generator)
 
 
-def anchor_cutouts(image: torch.Tensor, size: int, cutn: int, cut_pow: float, generator: torch.Generator) -> torch.Tensor:
+def anchor_cutouts(
+    image: torch.Tensor, size: int, cutn: int, cut_pow: float, generator: torch.Generator
+) -> torch.Tensor:
     """One crop at a time, each sliced and resized on its own, then concatenated and augmented: [cutn,3,size,size]."""
     pixels = (image + 1) / 2
     side_y, side_x = pixels.shape[-2:]
@@ -127,7 +141,7 @@ def anchor_cutouts(image: torch.Tensor, size: int, cutn: int, cut_pow: float, ge
         side = int(torch.rand((), generator=generator) ** cut_pow * (max_size - min_size) + min_size)
         x = int(torch.randint(side_x - side + 1, (), generator=generator))
         y = int(torch.randint(side_y - side + 1, (), generator=generator))
-        piece = pixels[:, :, y:y + side, x:x + side]
+        piece = pixels[:, :, y : y + side, x : x + side]
         pieces.append(F.interpolate(piece, size=(size, size), mode="bicubic", align_corners=False, antialias=True))
     return anchor_augment(torch.cat(pieces), Augmentations(), generator) * 2 - 1
 
@@ -166,8 +180,14 @@ def run_worker(job: dict) -> dict:
     torch.manual_seed(0)  # open_clip initialises random weights from the global generator
     model = vqgan.load(job["vqgan"]).to(device)
     scorer = clip_rerank.load(job["clip"], pretrained=job["clip_pretrained"], device=device)
-    settings = OptimizeSettings(width=job["size"], height=job["size"], iterations=job["warmup"] + job["iterations"],
-                                cutn=job["cutn"], cut_pow=job["cut_pow"], bf16=job["variant"] == "ours bf16")
+    settings = OptimizeSettings(
+        width=job["size"],
+        height=job["size"],
+        iterations=job["warmup"] + job["iterations"],
+        cutn=job["cutn"],
+        cut_pow=job["cut_pow"],
+        bf16=job["variant"] == "ours bf16",
+    )
     loaded_mb = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -182,10 +202,13 @@ def run_worker(job: dict) -> dict:
         anchor_steps(model, scorer, settings, on_step)
     else:
         optimize(model, scorer, [TextPrompt(PROMPT)], settings, callback=on_step)
-    timed = stamps[job["warmup"] - 1:]  # from the end of the last warmup step
+    timed = stamps[job["warmup"] - 1 :]  # from the end of the last warmup step
     intervals = sorted(later - earlier for earlier, later in zip(timed, timed[1:]))
-    result = {"seconds_per_step": intervals[len(intervals) // 2],  # the median: robust to a step another job slowed
-              "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - loaded_mb}
+    result = {
+        "seconds_per_step": intervals[len(intervals) // 2],  # the median: robust to a step another job slowed
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_growth_mb": peak_rss_mb() - loaded_mb,
+    }
     if device.type == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
@@ -205,27 +228,44 @@ def main() -> None:
         return
     if args.warmup < 1 or args.iterations < 1 or args.repeats < 1:
         raise SystemExit("--warmup, --iterations and --repeats must be at least 1 (the first step is not timed)")
-    print(f"device {args.device}, threads {args.threads or torch.get_num_threads()}, cutn {args.cutn}, "
-          f"median of {args.iterations} timed steps after {args.warmup} warmup, best of {args.repeats} runs; "
-          f"VQGAN {args.vqgan}; CLIP {args.clip}")
+    print(
+        f"device {args.device}, threads {args.threads or torch.get_num_threads()}, cutn {args.cutn}, "
+        f"median of {args.iterations} timed steps after {args.warmup} warmup, best of {args.repeats} runs; "
+        f"VQGAN {args.vqgan}; CLIP {args.clip}"
+    )
     memory_key = "cuda_peak_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     for size in args.sizes:
         results: dict[str, dict] = {}
         for repeat in range(args.repeats):
-            for variant in VARIANTS[repeat % len(VARIANTS):] + VARIANTS[:repeat % len(VARIANTS)]:
-                result = run_in_subprocess({
-                    "variant": variant, "size": size, "vqgan": args.vqgan, "clip": args.clip,
-                    "clip_pretrained": args.clip_pretrained, "cutn": args.cutn, "cut_pow": args.cut_pow,
-                    "iterations": args.iterations, "warmup": args.warmup, "threads": args.threads, "device": args.device})
+            for variant in VARIANTS[repeat % len(VARIANTS) :] + VARIANTS[: repeat % len(VARIANTS)]:
+                result = run_in_subprocess(
+                    {
+                        "variant": variant,
+                        "size": size,
+                        "vqgan": args.vqgan,
+                        "clip": args.clip,
+                        "clip_pretrained": args.clip_pretrained,
+                        "cutn": args.cutn,
+                        "cut_pow": args.cut_pow,
+                        "iterations": args.iterations,
+                        "warmup": args.warmup,
+                        "threads": args.threads,
+                        "device": args.device,
+                    }
+                )
                 if variant not in results or result["seconds_per_step"] < results[variant]["seconds_per_step"]:
                     results[variant] = result
         results = {variant: results[variant] for variant in VARIANTS}
         base = results["baseline"]
-        print(f"\n{size}×{size}  {'variant':<10} {'it/s':>7} {'s/it':>7} {'peak MB':>9} {'growth MB':>10} {'speed vs baseline':>18}")
+        print(
+            f"\n{size}×{size}  {'variant':<10} {'it/s':>7} {'s/it':>7} {'peak MB':>9} {'growth MB':>10} {'speed vs baseline':>18}"
+        )
         for variant, result in results.items():
             growth = f"{result['rss_growth_mb']:10.0f}" if memory_key == "peak_rss_mb" else f"{'':>10}"
-            print(f"{'':9}{variant:<10} {1 / result['seconds_per_step']:7.2f} {result['seconds_per_step']:7.3f} "
-                  f"{result[memory_key]:9.0f} {growth} {base['seconds_per_step'] / result['seconds_per_step']:17.2f}×")
+            print(
+                f"{'':9}{variant:<10} {1 / result['seconds_per_step']:7.2f} {result['seconds_per_step']:7.3f} "
+                f"{result[memory_key]:9.0f} {growth} {base['seconds_per_step'] / result['seconds_per_step']:17.2f}×"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ embeddings, whole image), whether `imagetext.describe` finds a red object, and w
 `imagetext.describe.matches` finds exactly what the prompt says. The parser only knows the shapes
 world, so this is meaningful on shapes models only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def parse_args() -> argparse.Namespace:
 
 def verdict(prompt: str, colour: str, image: torch.Tensor) -> dict:
     found = describe(image)
-    return {"objects": [obj.phrase for obj in found], "colour_found": any(obj.color == colour for obj in found),
-            "matches": matches(prompt, image)}
+    return {
+        "objects": [obj.phrase for obj in found],
+        "colour_found": any(obj.color == colour for obj in found),
+        "matches": matches(prompt, image),
+    }
 
 
 def main() -> None:
@@ -64,23 +68,36 @@ def main() -> None:
     size = args.size or model.config.ddconfig.resolution
     rows, befores, afters = [], [], []
     for seed in range(args.seeds):
-        settings = OptimizeSettings(width=size, height=size, iterations=args.steps, cutn=args.cutn, lr=args.lr, seed=seed)
+        settings = OptimizeSettings(
+            width=size, height=size, iterations=args.steps, cutn=args.cutn, lr=args.lr, seed=seed
+        )
         result = optimize(model, scorer, [TextPrompt(args.prompt)], settings)
         before = model.decode_codes(result.initial_codes[None].to(args.device))[0]
         after = result.image
         scores = scorer.score(args.prompt, torch.stack([before, after]).to(args.device)).tolist()
-        row = {"seed": seed, "clip_before": scores[0], "clip_after": scores[1],
-               "loss_first": result.losses[0], "loss_last": result.losses[-1],
-               "before": verdict(args.prompt, args.colour, before), "after": verdict(args.prompt, args.colour, after)}
+        row = {
+            "seed": seed,
+            "clip_before": scores[0],
+            "clip_after": scores[1],
+            "loss_first": result.losses[0],
+            "loss_last": result.losses[-1],
+            "before": verdict(args.prompt, args.colour, before),
+            "after": verdict(args.prompt, args.colour, after),
+        }
         rows.append(row)
         befores.append(before.cpu())
         afters.append(after.cpu())
-        print(f"seed {seed}: CLIP {scores[0]:.4f} -> {scores[1]:.4f}, loss {row['loss_first']:.4f} -> {row['loss_last']:.4f}, "
-              f"found {row['after']['objects'] or 'nothing'}")
+        print(
+            f"seed {seed}: CLIP {scores[0]:.4f} -> {scores[1]:.4f}, loss {row['loss_first']:.4f} -> {row['loss_last']:.4f}, "
+            f"found {row['after']['objects'] or 'nothing'}"
+        )
 
     n = len(rows)
     summary = {
-        "prompt": args.prompt, "steps": args.steps, "seeds": n, "size": size,
+        "prompt": args.prompt,
+        "steps": args.steps,
+        "seeds": n,
+        "size": size,
         "clip_before_mean": sum(r["clip_before"] for r in rows) / n,
         "clip_after_mean": sum(r["clip_after"] for r in rows) / n,
         "clip_raised": sum(r["clip_after"] > r["clip_before"] for r in rows),
@@ -90,14 +107,22 @@ def main() -> None:
         "matches_after": sum(r["after"]["matches"] for r in rows),
     }
     print(f"\n{args.prompt!r}, {args.steps} steps, {n} seeds, {size}×{size}:")
-    print(f"  CLIP score (mean)        {summary['clip_before_mean']:.4f} -> {summary['clip_after_mean']:.4f} "
-          f"(raised in {summary['clip_raised']}/{n})")
-    print(f"  parser finds {args.colour:<10}  {summary[f'{args.colour}_found_before']}/{n} -> {summary[f'{args.colour}_found_after']}/{n}")
+    print(
+        f"  CLIP score (mean)        {summary['clip_before_mean']:.4f} -> {summary['clip_after_mean']:.4f} "
+        f"(raised in {summary['clip_raised']}/{n})"
+    )
+    print(
+        f"  parser finds {args.colour:<10}  {summary[f'{args.colour}_found_before']}/{n} -> {summary[f'{args.colour}_found_after']}/{n}"
+    )
     print(f"  parser matches prompt    {summary['matches_before']}/{n} -> {summary['matches_after']}/{n}")
     if args.out:
         out = Path(args.out)
-        grid = save_grid(torch.stack(befores + afters), out / "before_after.png", nrow=n,
-                         metadata={"prompt": args.prompt, "rows": "top: start, bottom: result"})
+        grid = save_grid(
+            torch.stack(befores + afters),
+            out / "before_after.png",
+            nrow=n,
+            metadata={"prompt": args.prompt, "rows": "top: start, bottom: result"},
+        )
         with atomic_path(out / "results.json") as temporary:
             temporary.write_text(json.dumps({"summary": summary, "runs": rows}, indent=2) + "\n", encoding="utf-8")
         print(f"  wrote {grid} and {out / 'results.json'}")

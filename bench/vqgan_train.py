@@ -24,6 +24,7 @@ may be shared: the variants are interleaved over several rounds (the order rotat
 reports its median round, in wall-clock time (img/s) and in process CPU time (with --threads 1 the
 latter leaves out the time other jobs hold the cores). Random weights and random [-1, 1] images: speed does not depend on them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ DEFAULT_CONFIG = packaged_config("vqgan", "emoji")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="a vqgan fit YAML; its model section is used")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="a vqgan fit YAML; its model section is used"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; each variant reports its median round")
     parser.add_argument("--steps-per-round", type=int, default=2, help="training steps per variant per round")
@@ -70,7 +73,9 @@ def model_settings(config_path: Path) -> dict[str, Any]:
         raise SystemExit(f"config {config_path} not found; pass --config with a file such as configs/vqgan/emoji.yaml")
     config = OmegaConf.load(config_path)
     if "model" not in config:
-        raise SystemExit(f"{config_path} has no model section; pass a vqgan fit config such as configs/vqgan/emoji.yaml")
+        raise SystemExit(
+            f"{config_path} has no model section; pass a vqgan fit config such as configs/vqgan/emoji.yaml"
+        )
     return OmegaConf.to_container(config.model, resolve=True)
 
 
@@ -134,8 +139,9 @@ class TamingStyleStep:
             reconstructions, quantized = m.model(images)
             rec_loss = m.reconstruction_loss(images, reconstructions)
             g_loss = generator_loss(m.discriminator(reconstructions))
-            d_weight = h.disc_weight * adaptive_disc_weight(rec_loss, g_loss, m.model.last_layer,
-                                                            h.adaptive_weight_clamp)
+            d_weight = h.disc_weight * adaptive_disc_weight(
+                rec_loss, g_loss, m.model.last_layer, h.adaptive_weight_clamp
+            )
             loss = rec_loss + d_weight * h.disc_factor * g_loss + h.codebook_weight * quantized.loss
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
@@ -171,7 +177,9 @@ def build_variants(settings: dict[str, Any]) -> dict[str, Callable[[torch.Tensor
     }
 
 
-def seconds_per_step(step: Callable[[torch.Tensor], None], batches: list[torch.Tensor], steps: int) -> tuple[float, float]:
+def seconds_per_step(
+    step: Callable[[torch.Tensor], None], batches: list[torch.Tensor], steps: int
+) -> tuple[float, float]:
     """(wall-clock, process CPU) seconds per step. CPU time leaves out the time other jobs hold the
     cores, so with one thread it is the steadier measure of work on a shared machine."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -186,8 +194,10 @@ def cpu_facts() -> tuple[str, list[str]]:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or "unknown", []
-    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown")
+    name = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
     flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
     return name, [flag for flag in ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if flag in flags]
 
@@ -206,16 +216,22 @@ def main() -> None:
 
     cpu_name, flags = cpu_facts()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name}, {platform.machine()}; "
-          f"ISA flags: {', '.join(flags) or 'none of avx512f/avx512_bf16/amx'}; "
-          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name}, {platform.machine()}; "
+        f"ISA flags: {', '.join(flags) or 'none of avx512f/avx512_bf16/amx'}; "
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     dd = settings["ddconfig"]
-    print(f"config {args.config}: {image_size} px, ch {dd['ch']}, ch_mult {dd['ch_mult']}, attention at {dd['attn_resolutions']}, "
-          f"{settings['n_embed']} codes × {settings['embed_dim']}, discriminator ndf {settings.get('disc_ndf', 64)} "
-          f"layers {settings.get('disc_layers', 3)}, perceptual_weight {settings.get('perceptual_weight', 1.0)}; "
-          f"quantizer (b, c) {settings.get('quantizer') or {}}")
-    print(f"batch {args.batch_size}; {args.warmup_steps} warm-up steps, then {args.rounds} rounds × "
-          f"{args.steps_per_round} steps per variant, interleaved\n")
+    print(
+        f"config {args.config}: {image_size} px, ch {dd['ch']}, ch_mult {dd['ch_mult']}, attention at {dd['attn_resolutions']}, "
+        f"{settings['n_embed']} codes × {settings['embed_dim']}, discriminator ndf {settings.get('disc_ndf', 64)} "
+        f"layers {settings.get('disc_layers', 3)}, perceptual_weight {settings.get('perceptual_weight', 1.0)}; "
+        f"quantizer (b, c) {settings.get('quantizer') or {}}"
+    )
+    print(
+        f"batch {args.batch_size}; {args.warmup_steps} warm-up steps, then {args.rounds} rounds × "
+        f"{args.steps_per_round} steps per variant, interleaved\n"
+    )
 
     names = list(variants)
     for name in names:  # first calls allocate buffers and pick kernels
@@ -224,7 +240,7 @@ def main() -> None:
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate so no variant always runs first
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate so no variant always runs first
         for name in order:
             wall_s, cpu_s = seconds_per_step(variants[name], batches, args.steps_per_round)
             wall[name].append(wall_s)
@@ -235,14 +251,21 @@ def main() -> None:
     print(f"{'variant':<32} {'img/s':>7} {'ms/step':>8} {'rounds min–max':>15} {'CPU ms/step':>12}")
     for name in names:
         spread = f"{min(wall[name]) * 1e3:.0f}–{max(wall[name]) * 1e3:.0f}"
-        print(f"{name:<32} {args.batch_size / median_wall[name]:>7.1f} {median_wall[name] * 1e3:>8.0f} "
-              f"{spread:>15} {median_cpu[name] * 1e3:>12.0f}")
+        print(
+            f"{name:<32} {args.batch_size / median_wall[name]:>7.1f} {median_wall[name] * 1e3:>8.0f} "
+            f"{spread:>15} {median_cpu[name] * 1e3:>12.0f}"
+        )
     print("(img/s and ms/step: median wall-clock round; CPU ms/step: median process CPU time per step)\n")
     a, b, c = names
-    for label, x, y in [("b/a  ours fp32 vs taming fp32", b, a), ("c/a  ours bf16+channels_last vs taming fp32", c, a),
-                        ("c/b  ours bf16+channels_last vs ours fp32", c, b)]:
-        print(f"{label:<45} {median_wall[y] / median_wall[x]:.2f}× img/s   "
-              f"({median_cpu[y] / median_cpu[x]:.2f}× by CPU time)")
+    for label, x, y in [
+        ("b/a  ours fp32 vs taming fp32", b, a),
+        ("c/a  ours bf16+channels_last vs taming fp32", c, a),
+        ("c/b  ours bf16+channels_last vs ours fp32", c, b),
+    ]:
+        print(
+            f"{label:<45} {median_wall[y] / median_wall[x]:.2f}× img/s   "
+            f"({median_cpu[y] / median_cpu[x]:.2f}× by CPU time)"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ checkpoint trained here), rerank images by a prompt, CLIP score and FD-CLIP; `cl
     scorer = clip_rerank.load("runs/clip/shapes/logs/version_0/checkpoints/last.ckpt")
     indices, scores = scorer.rerank("a small red circle above a large blue square", images, keep=4)
 """
+
 from clip_rerank.load import load, save_checkpoint
 from clip_rerank.metrics import clip_score, fd_clip
 from clip_rerank.scorer import Scorer

@@ -1,4 +1,5 @@
 """`clip-rerank fit|validate|test -c configs/clip_rerank/shapes.yaml`: the CLIP stage's LightningCLI."""
+
 from clip_rerank.lightning import CLIPModule
 from imagetext.training import run_stage_cli
 

@@ -19,6 +19,7 @@ Validation embeds every held-out pair and, at the end of the epoch, logs retriev
 (`retrieval_accuracy`) and, on shapes, zero-shot attribute accuracy (`attribute_hits`).
 bf16 autocast is Lightning's `trainer.precision: bf16-mixed`.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,18 @@ from einops import rearrange
 
 from clip_rerank.load import checkpoint_metadata, load
 from imagetext.images import array_to_tensor
-from imagetext.shapes import (COLORS, OPPOSITE_RELATION, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, reflect, render,
-                              scene_from_dict)
+from imagetext.shapes import (
+    COLORS,
+    OPPOSITE_RELATION,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    ShapeObject,
+    reflect,
+    render,
+    scene_from_dict,
+)
 from imagetext.training import WarmupCosine
 
 ATTRIBUTES = ("color", "shape", "size", "relation")
@@ -63,8 +74,9 @@ def random_crop(images: torch.Tensor, generator: torch.Generator, min_side: floa
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def retrieval_accuracy(image_features: torch.Tensor, text_features: torch.Tensor, caption_ids: torch.Tensor,
-                       ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+def retrieval_accuracy(
+    image_features: torch.Tensor, text_features: torch.Tensor, caption_ids: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
     """Image→text and text→image top-k retrieval among N pairs, counting identical captions as one.
 
     `image_features`, `text_features`: unit-length [N, D], row i of each from pair i; `caption_ids` [N]:
@@ -77,13 +89,17 @@ def retrieval_accuracy(image_features: torch.Tensor, text_features: torch.Tensor
     """
     distinct_ids, caption_row = torch.unique(caption_ids, return_inverse=True)
     first_pair = torch.full((len(distinct_ids),), len(caption_ids), device=caption_ids.device)
-    first_pair = first_pair.scatter_reduce(0, caption_row, torch.arange(len(caption_ids), device=caption_ids.device), "amin")
+    first_pair = first_pair.scatter_reduce(
+        0, caption_row, torch.arange(len(caption_ids), device=caption_ids.device), "amin"
+    )
     similarity = image_features @ text_features[first_pair].T  # [N images, U distinct captions]
 
     own = similarity.gather(1, rearrange(caption_row, "n -> n 1"))
     i2t_rank = (similarity > own).sum(dim=1)  # distinct captions scored above the image's own
 
-    carries = rearrange(caption_row, "n -> 1 n") == rearrange(torch.arange(len(distinct_ids), device=caption_ids.device), "u -> u 1")
+    carries = rearrange(caption_row, "n -> 1 n") == rearrange(
+        torch.arange(len(distinct_ids), device=caption_ids.device), "u -> u 1"
+    )
     per_caption = rearrange(similarity, "n u -> u n")
     best_carrier = per_caption.masked_fill(~carries, -math.inf).amax(dim=1, keepdim=True)
     t2i_rank = (per_caption.masked_fill(carries, -math.inf) > best_carrier).sum(dim=1)[caption_row]
@@ -116,8 +132,8 @@ def one_attribute_swaps(scene: Scene, every_object: bool = False) -> dict[str, l
     for slot in range(len(scene.objects) if every_object else 1):
         old = scene.objects[slot]
 
-        def with_object(new: ShapeObject) -> Scene:
-            return replace(scene, objects=scene.objects[:slot] + (new,) + scene.objects[slot + 1:])
+        def with_object(new: ShapeObject, slot: int = slot) -> Scene:
+            return replace(scene, objects=scene.objects[:slot] + (new,) + scene.objects[slot + 1 :])
 
         swaps["color"] += [with_object(replace(old, color=c)) for c in COLORS if c != old.color]
         swaps["shape"] += [with_object(replace(old, shape=s)) for s in SHAPES if s != old.shape]
@@ -147,12 +163,16 @@ def order_swap_captions(labels: list[dict]) -> list[str]:
     word order can reject it: a bag of words cannot tell which object a relation puts where.
     """
     scenes = [scene_from_labels(item) for item in labels]
-    return [replace(scene, objects=scene.objects[::-1]).caption
-            for scene in scenes if len(scene.objects) == 2 and scene.objects[0] != scene.objects[1]]
+    return [
+        replace(scene, objects=scene.objects[::-1]).caption
+        for scene in scenes
+        if len(scene.objects) == 2 and scene.objects[0] != scene.objects[1]
+    ]
 
 
-def with_reflected_pairs(images: torch.Tensor, captions: list[str], labels: list[dict],
-                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[str], list[dict]]:
+def with_reflected_pairs(
+    images: torch.Tensor, captions: list[str], labels: list[dict], generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, list[str], list[dict]]:
     """The batch followed by a reflection (`imagetext.shapes.reflect`) of each of its two-object scenes: its
     image rendered at the batch's size, its caption and its labels. The reflection takes the opposite
     relation; with a `generator`, a relation drawn uniformly among the three the scene does not have."""
@@ -169,12 +189,19 @@ def with_reflected_pairs(images: torch.Tensor, captions: list[str], labels: list
     if not reflected:
         return images, captions, labels
     rendered = torch.stack([array_to_tensor(render(scene, image_size)) for scene in reflected])
-    return (torch.cat([images, rendered.to(images.device, images.dtype)]), captions + [s.caption for s in reflected],
-            labels + [s.to_dict() for s in reflected])
+    return (
+        torch.cat([images, rendered.to(images.device, images.dtype)]),
+        captions + [s.caption for s in reflected],
+        labels + [s.to_dict() for s in reflected],
+    )
 
 
-def clip_loss_with_negatives(image_features: torch.Tensor, text_features: torch.Tensor,
-                             negative_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss_with_negatives(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    negative_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
     """ClipLoss where each image picks its caption among the batch's captions and extra negative captions
     [M, D] (NegCLIP); text→image is unchanged. With no negatives (M = 0) this is open_clip's ClipLoss."""
     labels = torch.arange(len(image_features), device=image_features.device)
@@ -292,11 +319,14 @@ class CLIPModule(pl.LightningModule):
         generator = torch.Generator().manual_seed(h.seed * 1_000_003 + self.global_step)
         images, captions, labels = batch["image"], list(batch["caption"]), batch.get("labels")
         if (h.hard_negatives or h.order_negatives or h.reflected_pairs) and labels is None:
-            raise ValueError("model.hard_negatives, order_negatives and reflected_pairs need shapes labels in the batches; "
-                             "use data.source: shapes")
+            raise ValueError(
+                "model.hard_negatives, order_negatives and reflected_pairs need shapes labels in the batches; "
+                "use data.source: shapes"
+            )
         if h.reflected_pairs:
-            images, captions, labels = with_reflected_pairs(images, captions, labels,
-                                                            generator if h.reflect_to == "any" else None)
+            images, captions, labels = with_reflected_pairs(
+                images, captions, labels, generator if h.reflect_to == "any" else None
+            )
         if h.crop_min_side < 1 or h.flip:
             images = random_crop(images, generator, h.crop_min_side, h.flip)
         if h.hard_negatives:
@@ -308,11 +338,20 @@ class CLIPModule(pl.LightningModule):
         batch_size = len(image_features)
         logit_scale = self.model.logit_scale.exp()
         if len(text_features) > batch_size:
-            loss = clip_loss_with_negatives(image_features, text_features[:batch_size], text_features[batch_size:], logit_scale)
+            loss = clip_loss_with_negatives(
+                image_features, text_features[:batch_size], text_features[batch_size:], logit_scale
+            )
         else:
             loss = self.loss(image_features, text_features, logit_scale)
-        self.log_dict({"train/loss": loss.detach(), "train/logit_scale": logit_scale.detach(),
-                       "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=batch_size)
+        self.log_dict(
+            {
+                "train/loss": loss.detach(),
+                "train/logit_scale": logit_scale.detach(),
+                "train/lr": self.optimizers().param_groups[0]["lr"],
+            },
+            batch_size=batch_size,
+        )
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=batch_size)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -332,7 +371,9 @@ class CLIPModule(pl.LightningModule):
         outputs["text"].append(text_features)
         outputs["tokens"].append(tokens)  # equal rows = identical captions
         if "labels" in batch:
-            outputs["attributes"].append(attribute_hits(image_features, batch["labels"], self.encode_captions).to(self.device))
+            outputs["attributes"].append(
+                attribute_hits(image_features, batch["labels"], self.encode_captions).to(self.device)
+            )
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         """Unit-length float32 text embeddings [N, D] of `captions`."""
@@ -347,7 +388,9 @@ class CLIPModule(pl.LightningModule):
         metrics = retrieval_accuracy(gathered["image"], gathered["text"], caption_ids)
         if "attributes" in gathered:
             accuracy = gathered["attributes"].nanmean(dim=0)
-            metrics |= {f"zeroshot_{name}": value.item() for name, value in zip(ATTRIBUTES, accuracy) if not value.isnan()}
+            metrics |= {
+                f"zeroshot_{name}": value.item() for name, value in zip(ATTRIBUTES, accuracy) if not value.isnan()
+            }
         self.log_dict({f"val/{name}": value for name, value in metrics.items()})
         self.log("t2i", metrics["t2i_top1"], prog_bar=True, logger=False)
         self._validation_outputs = {}

@@ -25,6 +25,7 @@ A Lightning checkpoint (.ckpt) of the CLIP LightningModule holds the model's sta
 prefix "model." and the same metadata dict under `checkpoint["clip_rerank"]` (put there by
 `checkpoint_metadata` in `on_save_checkpoint`). It is read with `torch.load(weights_only=True)`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,8 @@ import json
 import logging
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import open_clip
 import torch
@@ -60,8 +61,9 @@ def known_architectures() -> list[str]:
     return open_clip.list_models()
 
 
-def load(spec: str | Path, *, pretrained: str | Path | None = None, device: str | torch.device = "cpu",
-         bf16: bool = False) -> Scorer:
+def load(
+    spec: str | Path, *, pretrained: str | Path | None = None, device: str | torch.device = "cpu", bf16: bool = False
+) -> Scorer:
     """Build a frozen, eval-mode CLIP model from `spec` (see the module docstring) and wrap it in a Scorer.
 
     `bf16` runs the encoders under bf16 autocast; weights stay float32. Errors name what to change.
@@ -96,8 +98,9 @@ def checkpoint_metadata(model: torch.nn.Module, architecture: str, model_config:
     }
 
 
-def save_checkpoint(model: torch.nn.Module, architecture: str, path: str | Path,
-                    model_config: dict | None = None) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, architecture: str, path: str | Path, model_config: dict | None = None
+) -> Path:
     """Write `model` as this project's safetensors checkpoint; the file appears complete or not at all."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -228,8 +231,10 @@ def _does_not_fit(source: Path, architecture: str, error: Exception) -> ValueErr
     """torch lists every mismatched tensor on a line of its own, after a heading; keep the first two."""
     lines = str(error).splitlines()
     mismatches = " ".join(line.strip() for line in lines[1:3] or lines)
-    return ValueError(f"{source} does not fit architecture {architecture} ({mismatches[:300]}); "
-                      f"load it with the architecture it was trained as")
+    return ValueError(
+        f"{source} does not fit architecture {architecture} ({mismatches[:300]}); "
+        f"load it with the architecture it was trained as"
+    )
 
 
 @contextlib.contextmanager

@@ -9,9 +9,11 @@ Inception is available offline). Its numbers are not comparable with published F
 different CLIP models. The embeddings are unit-length, so the distance lies in a small range (the mean
 term is at most 4).
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from einops import rearrange
@@ -52,7 +54,9 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
         if features.ndim != 2 or len(features) < 2:
             raise ValueError(f"{name} must be [N, D] with N >= 2 samples, got shape {list(features.shape)}")
     if features_a.shape[1] != features_b.shape[1]:
-        raise ValueError(f"feature sizes differ: {features_a.shape[1]} vs {features_b.shape[1]}; use one feature network")
+        raise ValueError(
+            f"feature sizes differ: {features_a.shape[1]} vs {features_b.shape[1]}; use one feature network"
+        )
     a, b = features_a.detach().double().cpu(), features_b.detach().double().cpu()
     mean_a, mean_b = a.mean(dim=0), b.mean(dim=0)
     covariance_a, covariance_b = torch.cov(rearrange(a, "n d -> d n")), torch.cov(rearrange(b, "n d -> d n"))

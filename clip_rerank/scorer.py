@@ -4,11 +4,12 @@ Everything that asks "how well does this image match this text" goes through a S
 samples, the CLIP score and FD-CLIP metrics, and the VQGAN-CLIP optimiser (which needs gradients
 through `encode_images`, so preprocessing is differentiable tensor maths, not PIL).
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import Callable, Sequence
 
 import open_clip
 import torch
@@ -29,8 +30,15 @@ class Scorer:
     eval-mode model, a training loop may wrap its own.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, *, architecture: str = "",
-                 bf16: bool = False, batch_size: int = 256):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        *,
+        architecture: str = "",
+        bf16: bool = False,
+        batch_size: int = 256,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.architecture = model, tokenizer, architecture
@@ -89,7 +97,7 @@ class Scorer:
         """
         if len(images) == 0:
             raise ValueError("no images to encode: images has batch size 0")
-        with (contextlib.nullcontext() if grad else torch.no_grad()), self._autocast():
+        with contextlib.nullcontext() if grad else torch.no_grad(), self._autocast():
             features = [self.model.encode_image(self.preprocess(batch)) for batch in images.split(self.batch_size)]
         return F.normalize(torch.cat(features).float(), dim=-1)
 

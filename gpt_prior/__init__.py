@@ -1,4 +1,5 @@
 """The GPT prior: text BPE + a GPT over text tokens and VQGAN codes (DALL·E 1's stage 2), and its sampler."""
+
 from gpt_prior.checkpoint import export_bundle, load
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.sample import sample

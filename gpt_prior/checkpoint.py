@@ -8,6 +8,7 @@ Two formats load with `gpt_prior.load(path)`, and a short name ("shapes") loads 
   things as JSON strings in the file's metadata. Its VQGAN may be a short name too.
 Either file is all generation needs besides the VQGAN it names.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from imagetext.files import atomic_path, file_sha256
-from imagetext.shipped import resolve
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.tokenizer import TextTokenizer
-
+from imagetext.files import atomic_path, file_sha256
+from imagetext.shipped import resolve
 
 CHECKPOINT_KEY = "gpt_prior"  # checkpoint["gpt_prior"] = {config, tokenizer, vqgan, vqgan_sha256, sampling}
 BUNDLE_FORMAT = "gpt_prior/1"
+
 
 @dataclass
 class PriorBundle:
@@ -49,8 +50,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBun
     shipped bundle's short name."""
     path = resolve("gpt_prior", path)
     if not path.is_file():
-        raise FileNotFoundError(f"GPT prior checkpoint {path} not found; give a .ckpt from `gpt-prior fit`, "
-                                f"a .safetensors bundle, or a shipped model's name")
+        raise FileNotFoundError(
+            f"GPT prior checkpoint {path} not found; give a .ckpt from `gpt-prior fit`, "
+            f"a .safetensors bundle, or a shipped model's name"
+        )
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt", device="cpu") as bundle:
             metadata = bundle.metadata() or {}
@@ -63,18 +66,31 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBun
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:
-            raise ValueError(f"{path} is not a `gpt-prior fit` checkpoint (no {CHECKPOINT_KEY!r} entry with config and tokenizer)")
-        state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
+            raise ValueError(
+                f"{path} is not a `gpt-prior fit` checkpoint (no {CHECKPOINT_KEY!r} entry with config and tokenizer)"
+            )
+        state = {
+            key.removeprefix("model."): value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith("model.")
+        }
     config = GPTConfig(**saved["config"])
     model = GPT(config)
     model.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
     model.to(map_location)
-    return PriorBundle(model.eval(), TextTokenizer.from_json(saved["tokenizer"]), config, saved["vqgan"], saved["vqgan_sha256"],
-                       saved.get("sampling", {}))
+    return PriorBundle(
+        model.eval(),
+        TextTokenizer.from_json(saved["tokenizer"]),
+        config,
+        saved["vqgan"],
+        saved["vqgan_sha256"],
+        saved.get("sampling", {}),
+    )
 
 
-def export_bundle(prior: PriorBundle, path: str | Path, vqgan: str | Path | None = None,
-                  vqgan_file: str | Path | None = None) -> Path:
+def export_bundle(
+    prior: PriorBundle, path: str | Path, vqgan: str | Path | None = None, vqgan_file: str | Path | None = None
+) -> Path:
     """Write the prior as one .safetensors bundle (atomically): weights, config, tokenizer, sampling defaults
     and its VQGAN. `vqgan` (a path or a shipped name) names another VQGAN than the one it was trained
     with, e.g. that VQGAN's own exported bundle; its sha256 is that of `vqgan_file` (default: the file
@@ -86,8 +102,14 @@ def export_bundle(prior: PriorBundle, path: str | Path, vqgan: str | Path | None
     vqgan_sha256 = prior.vqgan_sha256 if vqgan is None else file_sha256(vqgan_file or resolve("vqgan", vqgan))
     config = asdict(prior.config)
     config["image_grid"] = list(config["image_grid"])
-    metadata = {"format": BUNDLE_FORMAT, "config": json.dumps(config), "tokenizer": prior.tokenizer.to_json(),
-                "vqgan": vqgan_reference, "vqgan_sha256": vqgan_sha256, "sampling": json.dumps(prior.sampling)}
+    metadata = {
+        "format": BUNDLE_FORMAT,
+        "config": json.dumps(config),
+        "tokenizer": prior.tokenizer.to_json(),
+        "vqgan": vqgan_reference,
+        "vqgan_sha256": vqgan_sha256,
+        "sampling": json.dumps(prior.sampling),
+    }
     state = {key: value.detach().contiguous().cpu() for key, value in prior.model.state_dict().items()}
     with atomic_path(path) as temporary:
         save_file(state, str(temporary), metadata=metadata)
@@ -106,7 +128,9 @@ def resolve_vqgan(bundle: PriorBundle, override: str | Path | None = None) -> Pa
         raise FileNotFoundError(f"the GPT prior's VQGAN {path} not found; point to its checkpoint with --vqgan PATH")
     digest = file_sha256(path)
     if digest != bundle.vqgan_sha256:
-        warnings.warn(f"VQGAN {path} has sha256 {digest[:12]}…, the prior was trained on codes of "
-                      f"{bundle.vqgan_path} ({bundle.vqgan_sha256[:12]}…): decoded images may not match", stacklevel=2)
+        warnings.warn(
+            f"VQGAN {path} has sha256 {digest[:12]}…, the prior was trained on codes of "
+            f"{bundle.vqgan_path} ({bundle.vqgan_sha256[:12]}…): decoded images may not match",
+            stacklevel=2,
+        )
     return path
-

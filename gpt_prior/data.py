@@ -12,6 +12,7 @@ The training order is `EpochShuffle`, a function of (seed, epoch). Under DDP Lig
 sampler in a distributed sampler, so each rank reads a disjoint slice of every epoch's order: for
 in-memory (map-style) data that is what splitting the shards by rank amounts to.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,9 @@ def read_split(codes_folder: str | Path, split: str) -> tuple[torch.Tensor, list
     """All of one split of a code-shard folder: codes int16 [N, h, w] and each item's caption lines."""
     manifest = read_manifest(codes_folder)
     if split not in manifest["splits"]:
-        raise ValueError(f"{codes_folder} has no {split!r} split (it has {sorted(manifest['splits'])}); re-run `vqgan-clip tokenize`")
+        raise ValueError(
+            f"{codes_folder} has no {split!r} split (it has {sorted(manifest['splits'])}); re-run `vqgan-clip tokenize`"
+        )
     parts, captions = [], []
     for shard in manifest["splits"][split]["shards"]:
         shard_codes, shard_captions = read_code_shard(Path(codes_folder) / shard["file"])
@@ -110,5 +113,6 @@ class CodeShardDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: CodeShardDataset, sampler: EpochShuffle | None) -> DataLoader:
         # Workers are not kept between epochs: new ones copy the dataset with its new epoch number.
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, sampler=sampler, num_workers=self.hparams.num_workers
+        )

@@ -14,13 +14,15 @@ asking for `trainer.estimated_stepping_batches` there makes Lightning build the 
 before a resumed run has restored its epoch, and worker processes would then draw the first
 resumed epoch with epoch 0's order (Lightning issues #20550, #21938).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -33,7 +35,6 @@ from gpt_prior.tokenizer import FILE_NAME as TOKENIZER_FILE
 from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
 from imagetext.code_shards import read_manifest
 from imagetext.training import WarmupCosine
-
 
 
 def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:
@@ -90,7 +91,9 @@ class GPTPriorModule(pl.LightningModule):
         if not 0.0 <= condition_dropout <= 1.0:
             raise ValueError(f"model.condition_dropout is a probability in [0, 1], got {condition_dropout}")
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1]; got {warmup_steps}, {min_lr_ratio}")
+            raise ValueError(
+                f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1]; got {warmup_steps}, {min_lr_ratio}"
+            )
         manifest = read_manifest(codes)
         _, train_captions = read_split(codes, "train")
         caption_lines = [line for lines in train_captions for line in lines]
@@ -99,19 +102,21 @@ class GPTPriorModule(pl.LightningModule):
         # longer than text_len; the per-batch encodes below then stay quiet.
         self.tokenizer.encode_batch(caption_lines, text_len)
         self.vqgan_reference = {"vqgan": manifest["vqgan"], "vqgan_sha256": manifest["vqgan_sha256"]}
-        self.model = GPT(GPTConfig(
-            text_vocab_size=self.tokenizer.vocab_size,
-            text_len=text_len,
-            image_vocab_size=manifest["codebook_size"],
-            image_grid=tuple(manifest["grid"]),
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            dropout=dropout,
-            text_loss_weight=text_loss_weight,
-            image_loss_weight=image_loss_weight,
-            text_pad_id=self.tokenizer.pad_id,
-        ))
+        self.model = GPT(
+            GPTConfig(
+                text_vocab_size=self.tokenizer.vocab_size,
+                text_len=text_len,
+                image_vocab_size=manifest["codebook_size"],
+                image_grid=tuple(manifest["grid"]),
+                n_layer=n_layer,
+                n_head=n_head,
+                n_embd=n_embd,
+                dropout=dropout,
+                text_loss_weight=text_loss_weight,
+                image_loss_weight=image_loss_weight,
+                text_pad_id=self.tokenizer.pad_id,
+            )
+        )
 
     def setup(self, stage: str) -> None:
         # Each DDP rank built its own BPE in __init__, and the `tokenizers` trainer numbers some tokens in
@@ -122,7 +127,10 @@ class GPTPriorModule(pl.LightningModule):
         h = self.hparams
         optimizer = torch.optim.AdamW(self.model.param_groups(h.weight_decay), lr=h.learning_rate, betas=ADAMW_BETAS)
         schedule = WarmupCosine(h.warmup_steps, h.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
+        }
 
     def text_tokens(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions → LongTensor [B, text_len] on the module's device (truncation was reported at build time)."""
@@ -141,9 +149,12 @@ class GPTPriorModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Keyed by batch rather than by global_step, so batches accumulated into one step draw apart.
-        generator = keyed_generator(self.hparams.condition_dropout_seed, self.current_epoch, batch_idx, self.global_rank)
+        generator = keyed_generator(
+            self.hparams.condition_dropout_seed, self.current_epoch, batch_idx, self.global_rank
+        )
         captions = drop_captions(batch["caption"], self.hparams.condition_dropout, generator)
         out = self._loss(captions, batch["codes"], "train")
+        self.log("loss", out.loss.detach(), prog_bar=True, logger=False)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return out.loss
 
@@ -163,8 +174,12 @@ class GPTPriorModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         config = asdict(self.model.config)
         config["image_grid"] = list(config["image_grid"])  # plain types only: read back with weights_only=True
-        checkpoint[CHECKPOINT_KEY] = {"config": config, "tokenizer": self.tokenizer.to_json(), **self.vqgan_reference,
-                                      "sampling": dict(self.hparams.sampling or {})}
+        checkpoint[CHECKPOINT_KEY] = {
+            "config": config,
+            "tokenizer": self.tokenizer.to_json(),
+            **self.vqgan_reference,
+            "sampling": dict(self.hparams.sampling or {}),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming: the weights go with the tokenizer they were trained with.
@@ -173,6 +188,8 @@ class GPTPriorModule(pl.LightningModule):
             raise ValueError("this checkpoint has no GPT prior tokenizer: resume from a checkpoint of `gpt-prior fit`")
         tokenizer = TextTokenizer.from_json(saved["tokenizer"])
         if tokenizer.vocab_size != self.tokenizer.vocab_size:
-            raise ValueError(f"the checkpoint's tokenizer has {tokenizer.vocab_size} ids, this run's {self.tokenizer.vocab_size}: "
-                             f"resume with the codes folder and vocab_size the checkpoint was trained with")
+            raise ValueError(
+                f"the checkpoint's tokenizer has {tokenizer.vocab_size} ids, this run's {self.tokenizer.vocab_size}: "
+                f"resume with the codes folder and vocab_size the checkpoint was trained with"
+            )
         self.tokenizer = tokenizer

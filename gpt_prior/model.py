@@ -13,6 +13,7 @@ causal attention through `F.scaled_dot_product_attention`.
 For sampling, `hidden_states` runs any contiguous chunk of the sequence; with a `KVCache` the chunk
 continues where the cache ends, so a prompt is run once and each later step feeds one code.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,14 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         self.image_grid = tuple(self.image_grid)  # a YAML list becomes the (h, w) pair
-        sizes = dict(text_vocab_size=self.text_vocab_size, text_len=self.text_len, image_vocab_size=self.image_vocab_size,
-                     n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd)
+        sizes = dict(
+            text_vocab_size=self.text_vocab_size,
+            text_len=self.text_len,
+            image_vocab_size=self.image_vocab_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+        )
         for name, value in sizes.items():
             if value < 1:
                 raise ValueError(f"GPTConfig.{name} must be >= 1, got {value}")
@@ -53,7 +60,11 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.image_grid must be (h, w) with h, w >= 1, got {self.image_grid}")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.text_loss_weight < 0 or self.image_loss_weight < 0 or self.text_loss_weight + self.image_loss_weight == 0:
+        if (
+            self.text_loss_weight < 0
+            or self.image_loss_weight < 0
+            or self.text_loss_weight + self.image_loss_weight == 0
+        ):
             raise ValueError("GPTConfig loss weights must be >= 0 and not both 0")
 
     @property
@@ -190,10 +201,15 @@ class GPT(nn.Module):
 
         text_targets = text[:, 1:]
         n_text_targets = (text_targets != config.text_pad_id).sum().clamp(min=1)  # all padding: loss 0, not NaN
-        loss_text = F.cross_entropy(
-            rearrange(logits_text.float(), "b t v -> (b t) v"), text_targets.flatten(),
-            ignore_index=config.text_pad_id, reduction="sum",
-        ) / n_text_targets
+        loss_text = (
+            F.cross_entropy(
+                rearrange(logits_text.float(), "b t v -> (b t) v"),
+                text_targets.flatten(),
+                ignore_index=config.text_pad_id,
+                reduction="sum",
+            )
+            / n_text_targets
+        )
         loss_img = F.cross_entropy(rearrange(logits_img.float(), "b n v -> (b n) v"), codes.flatten())
         loss = (config.text_loss_weight * loss_text + config.image_loss_weight * loss_img) / (
             config.text_loss_weight + config.image_loss_weight
@@ -231,14 +247,18 @@ class GPT(nn.Module):
         config = self.config
         end = start + tokens.shape[1]
         if end > config.block_size + 1:
-            raise ValueError(f"positions {start}..{end} run past the sequence ({config.text_len} text + {config.image_len} image)")
+            raise ValueError(
+                f"positions {start}..{end} run past the sequence ({config.text_len} text + {config.image_len} image)"
+            )
         n_text = min(max(config.text_len - start, 0), tokens.shape[1])  # how many of the chunk's tokens are caption ids
         parts = []
         if n_text:
             text_positions = torch.arange(start, start + n_text, device=tokens.device)
             parts.append(self.text_embedding(tokens[:, :n_text]) + self.text_position(text_positions))
         if n_text < tokens.shape[1]:
-            image_positions = torch.arange(start + n_text - config.text_len, end - config.text_len, device=tokens.device)
+            image_positions = torch.arange(
+                start + n_text - config.text_len, end - config.text_len, device=tokens.device
+            )
             rows, columns = image_positions // config.image_grid[1], image_positions % config.image_grid[1]
             parts.append(self.image_embedding(tokens[:, n_text:]) + self.image_row(rows) + self.image_column(columns))
         return torch.cat(parts, dim=1)
@@ -249,25 +269,35 @@ class GPT(nn.Module):
         check_text_tokens(text, config)
         if image_codes.dim() == 3:
             if tuple(image_codes.shape[1:]) != config.image_grid:
-                raise ValueError(f"image codes have grid {tuple(image_codes.shape[1:])}, the model expects {config.image_grid}")
+                raise ValueError(
+                    f"image codes have grid {tuple(image_codes.shape[1:])}, the model expects {config.image_grid}"
+                )
             image_codes = rearrange(image_codes, "b h w -> b (h w)")
         if image_codes.dim() != 2 or image_codes.shape[1] != config.image_len or image_codes.shape[0] != text.shape[0]:
-            raise ValueError(f"image codes must be [B, h, w] or [B, h·w] with B={text.shape[0]}, grid {config.image_grid}; got {tuple(image_codes.shape)}")
+            raise ValueError(
+                f"image codes must be [B, h, w] or [B, h·w] with B={text.shape[0]}, grid {config.image_grid}; got {tuple(image_codes.shape)}"
+            )
         if image_codes.dtype != torch.long:
             raise TypeError(f"image codes must be torch.long, got {image_codes.dtype}: convert with .long()")
         if image_codes.numel() and (image_codes.min() < 0 or image_codes.max() >= config.image_vocab_size):
-            raise ValueError(f"image codes must lie in [0, {config.image_vocab_size}); is image_vocab_size the VQGAN's codebook size?")
+            raise ValueError(
+                f"image codes must lie in [0, {config.image_vocab_size}); is image_vocab_size the VQGAN's codebook size?"
+            )
         return image_codes
 
 
 def check_text_tokens(text: Tensor, config: GPTConfig) -> None:
     """Raise unless `text` is a LongTensor [B, text_len] of ids below text_vocab_size."""
     if text.dim() != 2 or text.shape[1] != config.text_len:
-        raise ValueError(f"text must be [B, text_len={config.text_len}] ids (tokenizer.encode_batch(captions, {config.text_len})); got {tuple(text.shape)}")
+        raise ValueError(
+            f"text must be [B, text_len={config.text_len}] ids (tokenizer.encode_batch(captions, {config.text_len})); got {tuple(text.shape)}"
+        )
     if text.dtype != torch.long:
         raise TypeError(f"text must be torch.long, got {text.dtype}")
     if text.numel() and (text.min() < 0 or text.max() >= config.text_vocab_size):
-        raise ValueError(f"text ids must lie in [0, {config.text_vocab_size}); was the model built with this tokenizer's vocab_size?")
+        raise ValueError(
+            f"text ids must lie in [0, {config.text_vocab_size}); was the model built with this tokenizer's vocab_size?"
+        )
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -9,16 +9,17 @@ Guidance stacks the conditional rows (the captions) and the unconditional rows (
 in one batch, each with its own rows of the cache, and mixes their logits at every step:
 `u + s·(c − u)`. Both streams are fed the same drawn code; the caption rows are never rewritten.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from gpt_prior.model import GPT, KVCache, check_text_tokens
+from imagetext.progress import ProgressBar
 
 
 def sample(
@@ -58,7 +59,9 @@ def sample(
         empty_text_tokens = empty_text_tokens.reshape(1, -1).to(device)
         check_text_tokens(empty_text_tokens, config)
     if generator.device != device:
-        raise ValueError(f"generator is on {generator.device}, the model on {device}: make it with torch.Generator(device={str(device)!r})")
+        raise ValueError(
+            f"generator is on {generator.device}, the model on {device}: make it with torch.Generator(device={str(device)!r})"
+        )
 
     text_rows = text_tokens.to(device).repeat_interleave(n_candidates, dim=0)
     chunks = text_rows.split(batch_size or len(text_rows))
@@ -72,7 +75,7 @@ def sample(
         with (
             torch.inference_mode(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
-            tqdm(total=len(chunks) * config.image_len, desc="sampling codes", disable=not progress) as bar,
+            ProgressBar(total=len(chunks) * config.image_len, desc="sampling codes", disable=not progress) as bar,
         ):
             results = [
                 _sample_rows(model, chunk, empty_text_tokens, cfg_scale, use_cache, choose, return_logits, bar.update)
@@ -116,7 +119,9 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+def filter_logits(
+    logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
     """Temperature, then top-k, then top-p (so p counts probability at this temperature)."""
     logits = logits / temperature
     if top_k is not None:
@@ -167,7 +172,9 @@ def _sample_rows(
     return codes, torch.stack(step_logits, dim=1) if keep_logits else None
 
 
-def _check_settings(n_candidates: int, temperature: float, top_k: int | None, top_p: float | None, batch_size: int | None) -> None:
+def _check_settings(
+    n_candidates: int, temperature: float, top_k: int | None, top_p: float | None, batch_size: int | None
+) -> None:
     if n_candidates < 1:
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
     if temperature <= 0:

@@ -6,11 +6,12 @@ metaspace), which lets `decode` put the spaces back. Every caption becomes `text
 tokens, `<eot>`, then `<pad>` up to `text_len`. The empty caption "" is `[<eot>, <pad>, …]`: the
 unconditional prompt of classifier-free guidance.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -32,7 +33,9 @@ class TextTokenizer:
             if tokenizer.token_to_id(token) is None:
                 raise ValueError(f"tokenizer has no {token} token: build it with gpt_prior.tokenizer.train_tokenizer")
         if tokenizer.token_to_id(PAD) != 0:
-            raise ValueError(f"tokenizer has {PAD} at id {tokenizer.token_to_id(PAD)}, expected 0: retrain it with train_tokenizer")
+            raise ValueError(
+                f"tokenizer has {PAD} at id {tokenizer.token_to_id(PAD)}, expected 0: retrain it with train_tokenizer"
+            )
         self.tokenizer = tokenizer
 
     @property
@@ -98,7 +101,9 @@ class TextTokenizer:
         """Read a `tokenizer.json` written by `save` (`path` is the .json file, or the folder holding it)."""
         path = _json_path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no tokenizer at {path}: train one with train_tokenizer or pass the run's tokenizer.json")
+            raise FileNotFoundError(
+                f"no tokenizer at {path}: train one with train_tokenizer or pass the run's tokenizer.json"
+            )
         return cls.from_json(path.read_text(encoding="utf-8"))
 
 
@@ -117,10 +122,12 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int) -> TextTokenizer:
     # (huggingface/tokenizers#2066), while plain characters get their ids in sorted order.
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Whitespace(),  # words and runs of punctuation
-        pre_tokenizers.Metaspace(prepend_scheme="always"),  # "circle" → "▁circle"
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Whitespace(),  # words and runs of punctuation
+            pre_tokenizers.Metaspace(prepend_scheme="always"),  # "circle" → "▁circle"
+        ]
+    )
     tokenizer.decoder = decoders.Metaspace(prepend_scheme="always")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tokenizer.train_from_iterator(captions, trainer)

@@ -10,6 +10,7 @@ A code-shard folder holds one sub-folder per split, each with numbered shards, a
 Each shard is written atomically and the manifest last, so a folder with a manifest is complete and
 a folder without one can be resumed shard by shard.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,11 @@ def write_code_shard(path: str | Path, codes: torch.Tensor, captions: list[list[
     if codes.numel() and int(codes.max()) > torch.iinfo(torch.int16).max:
         raise ValueError(f"code {int(codes.max())} does not fit int16; codebooks up to 32768 codes are supported")
     with atomic_path(path) as temporary:
-        save_file({"codes": codes.to(torch.int16).contiguous()}, str(temporary),
-                  metadata={"format": FORMAT, "captions": json.dumps(captions)})
+        save_file(
+            {"codes": codes.to(torch.int16).contiguous()},
+            str(temporary),
+            metadata={"format": FORMAT, "captions": json.dumps(captions)},
+        )
     return Path(path)
 
 
@@ -60,8 +64,10 @@ def read_manifest(folder: str | Path) -> dict:
     """The manifest of a complete code-shard folder; a clear error when the folder is not one."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a finished code-shard folder; "
-                                f"make one with `vqgan-clip tokenize --vqgan CKPT --data DATA --out {folder}`")
+        raise FileNotFoundError(
+            f"{path} not found: {folder} is not a finished code-shard folder; "
+            f"make one with `vqgan-clip tokenize --vqgan CKPT --data DATA --out {folder}`"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT}")

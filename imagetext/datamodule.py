@@ -10,10 +10,12 @@ Every stage's YAML names it under `data:`, e.g.
 Batches are dicts: "image" [B,3,S,S] in [-1,1], "caption" list[str], "skipped" list of unreadable
 sources passed over while the batch was made, plus per-item extras as lists ("labels", "path", "key").
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -171,7 +173,9 @@ class ImageTextDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            sampler=resumable_shuffle(len(dataset), self.hparams.seed, self.trainer) if shuffle and not iterable else None,
+            sampler=resumable_shuffle(len(dataset), self.hparams.seed, self.trainer)
+            if shuffle and not iterable
+            else None,
             num_workers=self.hparams.num_workers,
             collate_fn=collate_image_text,
             # Workers of an iterable set must be made anew each epoch to see its new epoch number.

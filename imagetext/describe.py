@@ -5,6 +5,7 @@ connected blobs big enough to be objects, names each blob's colour by the neares
 its shape by the best-fitting template drawn in its bounding box, and its size by the box's side.
 `matches(caption, image)` then checks every attribute of the caption, the relation included.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -117,8 +118,10 @@ def scene_key(found: list[ShapeObject]) -> str:
     if len(found) != 2:
         return " + ".join(sorted(phrases)) or "nothing"
     first, second = found
-    return min(f"{phrases[0]} {relation_between(first, second)} {phrases[1]}",
-               f"{phrases[1]} {relation_between(second, first)} {phrases[0]}")
+    return min(
+        f"{phrases[0]} {relation_between(first, second)} {phrases[1]}",
+        f"{phrases[1]} {relation_between(second, first)} {phrases[0]}",
+    )
 
 
 def matches(caption: str, image: torch.Tensor | np.ndarray | Image.Image) -> bool:

@@ -10,6 +10,7 @@ Only `package/emoji.json` and the PNGs of `package/img/<vendor>/64/` that it ref
 Each vendor folder is built under a hidden sibling name and renamed into place when complete, with a
 `.complete` marker holding its pair count; a later run reuses a complete folder instead of rebuilding it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,8 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from imagetext.files import atomic_path
+from imagetext.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,11 @@ def fetch_tarball(vendor: str, version: str, dest: Path) -> Path:
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=NPM_TIMEOUT_S)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-        errors = [line.removeprefix("npm error").strip() for line in (error.stderr or "").splitlines()
-                  if line.startswith("npm error")]
+        errors = [
+            line.removeprefix("npm error").strip()
+            for line in (error.stderr or "").splitlines()
+            if line.startswith("npm error")
+        ]
         reason = "; ".join(errors[:2]) or f"{type(error).__name__}"
         raise RuntimeError(
             f"`npm pack {spec}` failed ({reason}): check the network and npm registry, "
@@ -174,8 +177,13 @@ def _build_vendor_folder(tarball: Path, vendor: str, folder: Path) -> int:
             log.warning(
                 "emoji %s: %d referenced images not taken (%d missing from %s, %d not regular files, "
                 "%d unsafe names in emoji.json); wrote %d pairs",
-                vendor, missing + refused + len(unsafe_names), missing, tarball.name, refused,
-                len(unsafe_names), written,
+                vendor,
+                missing + refused + len(unsafe_names),
+                missing,
+                tarball.name,
+                refused,
+                len(unsafe_names),
+                written,
             )
         (partial / COMPLETE_MARKER).write_text(f"{written}\n")
         os.rename(partial, folder)
@@ -189,7 +197,7 @@ def _extract_pairs(tarball: Path, vendor: str, captions: dict[str, list[str]], f
     """Stream the tarball once, writing each wanted PNG and its captions; return (written, refused)."""
     wanted = {f"package/img/{vendor}/{IMAGE_SIZE}/{image}": image for image in captions}
     written = refused = 0
-    with tarfile.open(tarball, "r|*") as tar, tqdm(total=len(wanted), desc=f"emoji {vendor}", unit="img") as bar:
+    with tarfile.open(tarball, "r|*") as tar, ProgressBar(total=len(wanted), desc=f"emoji {vendor}", unit="img") as bar:
         for member in tar:
             image = wanted.pop(member.name, None)
             if image is None:
@@ -213,7 +221,10 @@ def _write_attribution(out: Path) -> None:
         "by Cal Henderson (iamcal), MIT, https://github.com/iamcal/emoji-data",
         "",
     ]
-    lines += [f"{vendor}/: {license}" for vendor, license in VENDOR_LICENSES.items()
-              if (out / vendor / COMPLETE_MARKER).is_file()]
+    lines += [
+        f"{vendor}/: {license}"
+        for vendor, license in VENDOR_LICENSES.items()
+        if (out / vendor / COMPLETE_MARKER).is_file()
+    ]
     with atomic_path(out / "ATTRIBUTION") as path:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,4 +1,5 @@
 """Writing files so that a crash or Ctrl-C never leaves half of one behind."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,8 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ folder is indexed (or captioned by its file name, if asked). An image that canno
 only when it is read; it is then replaced by the next readable image and reported through the
 sample's `skipped` list, so an epoch never stops on one bad file and the count reaches the trainer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,7 +47,9 @@ class ImageCaptionFolder(Dataset):
     ):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image–caption folder {self.root} does not exist; give the folder that holds x.png + x.txt pairs")
+            raise FileNotFoundError(
+                f"image–caption folder {self.root} does not exist; give the folder that holds x.png + x.txt pairs"
+            )
         if caption_choice not in CAPTION_CHOICES:
             raise ValueError(f"caption_choice must be one of {CAPTION_CHOICES}, got {caption_choice!r}")
         self.transform = ResizeCrop(image_size, random_crop)
@@ -70,7 +73,9 @@ class ImageCaptionFolder(Dataset):
         if self.n_uncaptioned:
             log.warning(
                 "%s: skipped %d of %d images that have no caption file (set use_filename_captions to keep them)",
-                self.root, self.n_uncaptioned, len(images),
+                self.root,
+                self.n_uncaptioned,
+                len(images),
             )
 
     def _captions_for(self, image_path: Path) -> list[str]:
@@ -83,7 +88,7 @@ class ImageCaptionFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def view(self, random_crop: bool, caption_choice: str) -> "ImageCaptionFolder":
+    def view(self, random_crop: bool, caption_choice: str) -> ImageCaptionFolder:
         """The same indexed files read with other settings (e.g. a validation view without random crops)."""
         other = copy.copy(self)
         other.transform = ResizeCrop(self.transform.size, random_crop)
@@ -108,6 +113,11 @@ class ImageCaptionFolder(Dataset):
             else:
                 caption = captions[0]
             # Only the drawn index's own failure is reported: its stand-ins are counted when they are drawn.
-            return {"image": image, "caption": caption, "captions": list(captions), "path": str(path),
-                    "skipped": skipped[:1]}
+            return {
+                "image": image,
+                "caption": caption,
+                "captions": list(captions),
+                "path": str(path),
+                "skipped": skipped[:1],
+            }
         raise OSError(f"no image under {self.root} could be read; check the files or the folder path")

@@ -2,6 +2,7 @@
 
 Inside the project an image is a float tensor [3, H, W] (or [B, 3, H, W]) in [-1, 1].
 """
+
 from __future__ import annotations
 
 import io

@@ -12,6 +12,7 @@ axis unambiguous, so a caption is true of its image and the parser in `imagetext
 Some colour+shape pairs never appear in the `train` split; the `novel` split puts at least one of
 them in every image, to test whether a model composes attributes it has only seen apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from imagetext.files import atomic_path
 from imagetext.images import array_to_tensor
+from imagetext.progress import ProgressBar
 
 SIZES = ("small", "large")
 COLORS = {
@@ -202,7 +203,12 @@ def sample_scene(rng: np.random.Generator, image_size: int, split: str = "train"
             return Scene((first, second), relation)
 
 
-OPPOSITE_RELATION = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
+OPPOSITE_RELATION = {
+    "above": "below",
+    "below": "above",
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+}
 
 # Four symmetries of the square image, as maps of a box (x0, y0, x1, y1) in an image of side n. Between
 # them they turn any relation into each of the other three; a square box stays a square box of the same side.
@@ -238,8 +244,10 @@ def reflect(scene: Scene, image_size: int, relation: str | None = None) -> Scene
 
 def scene_from_dict(values: dict) -> Scene:
     """The Scene of `Scene.to_dict()` output (a shapes item's "labels")."""
-    objects = tuple(ShapeObject(o["size"], o["color"], o["shape"], tuple(o["box"]) if o.get("box") else None)
-                    for o in values["objects"])
+    objects = tuple(
+        ShapeObject(o["size"], o["color"], o["shape"], tuple(o["box"]) if o.get("box") else None)
+        for o in values["objects"]
+    )
     return Scene(objects, values.get("relation"))
 
 
@@ -267,7 +275,11 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.n:
             raise IndexError(index)
         scene = scene_at(self.seed, self.offset + index, self.image_size, self.split)
-        return {"image": array_to_tensor(render(scene, self.image_size)), "caption": scene.caption, "labels": scene.to_dict()}
+        return {
+            "image": array_to_tensor(render(scene, self.image_size)),
+            "caption": scene.caption,
+            "labels": scene.to_dict(),
+        }
 
 
 def write_shapes_folder(out: str | Path, n: int, image_size: int = 32, seed: int = 0, split: str = "train") -> Path:
@@ -277,7 +289,7 @@ def write_shapes_folder(out: str | Path, n: int, image_size: int = 32, seed: int
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for index in tqdm(range(n), desc=f"shapes {split} {image_size}px", unit="img"):
+    for index in ProgressBar(range(n), desc=f"shapes {split} {image_size}px", unit="img"):
         stem = out / f"{index:06d}"
         if stem.with_suffix(".json").exists():
             continue

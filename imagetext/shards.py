@@ -10,23 +10,24 @@ One sample is a group of tar members that share a key:
 streams them back as image tensors, split by node (DDP rank) and by DataLoader worker so that
 nobody reads a shard twice in an epoch.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import braceexpand
 import torch
 from torch.utils.data import IterableDataset
-from tqdm import tqdm
 from webdataset import SimpleShardList, TarWriter, split_by_worker, tarfile_to_samples
 
 from imagetext.files import atomic_path
 from imagetext.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, ResizeCrop, open_rgb
+from imagetext.progress import ProgressBar
 
 IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 CAPTION_CHOICES = ("random", "first")
@@ -47,7 +48,9 @@ class ShardRecord:
     def __post_init__(self):
         self.image_ext = self.image_ext.lstrip(".").lower()
         if self.image_ext not in IMAGE_EXTENSIONS:
-            raise ValueError(f"record {self.key!r}: image_ext must be one of {IMAGE_EXTENSIONS}, got {self.image_ext!r}")
+            raise ValueError(
+                f"record {self.key!r}: image_ext must be one of {IMAGE_EXTENSIONS}, got {self.image_ext!r}"
+            )
         # webdataset groups members by the name up to the first dot, so a dot in the key would split it.
         if not self.key or "." in self.key or self.key.startswith("__"):
             raise ValueError(f"record key {self.key!r} must be non-empty, contain no '.', and not start with '__'")
@@ -78,10 +81,12 @@ def write_shards(records: Iterable[ShardRecord], out_dir: Path, shard_size: int,
     out_dir = Path(out_dir)
     existing = sorted(out_dir.glob(f"{prefix}-*.tar"))
     if existing:
-        raise FileExistsError(f"{out_dir} already holds shards ({existing[0].name}, …): use an empty folder or another prefix")
+        raise FileExistsError(
+            f"{out_dir} already holds shards ({existing[0].name}, …): use an empty folder or another prefix"
+        )
 
     total = len(records) if hasattr(records, "__len__") else None
-    remaining = iter(tqdm(records, total=total, desc=f"writing shards to {out_dir}", unit="pair"))
+    remaining = iter(ProgressBar(records, total=total, desc=f"writing shards to {out_dir}", unit="pair"))
     written: list[Path] = []
     for index in itertools.count():
         # islice is lazy: a shard's records are read from the source only while that shard is open.
@@ -113,10 +118,14 @@ def expand_shard_spec(spec: str | Path | Sequence[str | Path]) -> list[str]:
     else:
         shards = [shard for item in spec for shard in expand_shard_spec(item)]
     if not shards:
-        raise FileNotFoundError(f"no .tar shards found for {spec!r}: give a folder of .tar files, a brace pattern or paths")
+        raise FileNotFoundError(
+            f"no .tar shards found for {spec!r}: give a folder of .tar files, a brace pattern or paths"
+        )
     missing = [shard for shard in shards if not Path(shard).is_file()]
     if missing:
-        raise FileNotFoundError(f"shard spec {spec!r}: {len(missing)} of {len(shards)} shards do not exist, e.g. {missing[0]}")
+        raise FileNotFoundError(
+            f"shard spec {spec!r}: {len(missing)} of {len(shards)} shards do not exist, e.g. {missing[0]}"
+        )
     return shards
 
 
@@ -155,7 +164,10 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.shards = expand_shard_spec(spec)
         if len(self.shards) < world_size:
-            warnings.warn(f"only {len(self.shards)} shards for {world_size} ranks: some ranks get no data and DDP will hang")
+            warnings.warn(
+                f"only {len(self.shards)} shards for {world_size} ranks: some ranks get no data and DDP will hang",
+                stacklevel=2,
+            )
         self.resize_crop = ResizeCrop(image_size, random_crop)
         self.caption_choice = caption_choice
         self.rank = rank
@@ -187,7 +199,10 @@ class ShardDataset(IterableDataset):
                 yield {"image": image, "caption": caption, "key": sample["__key__"], "skipped": skipped}
                 skipped = []
         if skipped:
-            warnings.warn(f"skipped {len(skipped)} unreadable samples at the end of a worker's shards, e.g. {skipped[0]}")
+            warnings.warn(
+                f"skipped {len(skipped)} unreadable samples at the end of a worker's shards, e.g. {skipped[0]}",
+                stacklevel=2,
+            )
 
     @staticmethod
     def read_shard(shard: str, skipped: list[str]) -> Iterator[dict]:

@@ -1,4 +1,5 @@
 """What every stage's `fit` shares: the LightningCLI set-up, checkpoints written atomically, the LR schedule."""
+
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from pytorch_lightning.cli import LightningCLI
 from imagetext.configs import resolve_config
 from imagetext.datamodule import DataEpochHooks, ImageTextDataModule
 from imagetext.files import atomic_path
+from imagetext.progress import ProgressFile
 
 
 class WarmupCosine:
@@ -28,7 +30,9 @@ class WarmupCosine:
         self.warmup_steps, self.min_ratio, self.total_steps = warmup_steps, min_ratio, total_steps
 
     def __call__(self, step: int) -> float:
-        if step <= self.warmup_steps:  # the ramp; the cosine starts at 1 on step warmup_steps, before it needs total_steps
+        if (
+            step <= self.warmup_steps
+        ):  # the ramp; the cosine starts at 1 on step warmup_steps, before it needs total_steps
             return min(1.0, (step + 1) / max(1, self.warmup_steps))
         if self.total_steps is None:
             raise RuntimeError("WarmupCosine.total_steps is unset: set it once the trainer knows its length")
@@ -53,6 +57,32 @@ class AtomicCheckpoints(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class ProgressFileCallback(pl.Callback):
+    """A fit's step / total and its progress-bar metrics, for VQGAN_CLIP_PROGRESS (see imagetext.progress)."""
+
+    def __init__(self):
+        self.status: ProgressFile | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.status = ProgressFile.from_environment() if trainer.is_global_zero else None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        self._report(trainer, force=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, force=True)  # the new validation figures at once
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, force=True)
+
+    def _report(self, trainer: pl.Trainer, force: bool) -> None:
+        if self.status is None:
+            return
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        metrics = {name: float(value) for name, value in trainer.progress_bar_metrics.items()}
+        self.status.update("fit", trainer.global_step, None if math.isinf(total) else int(total), metrics, force)
 
 
 CONFIG_FLAGS = ("-c", "--config")
@@ -101,7 +131,7 @@ def run_stage_cli(
         StageCLI(
             module_class,
             datamodule_class,
-            trainer_defaults={"callbacks": [DataEpochHooks(), AtomicCheckpoints()]},
+            trainer_defaults={"callbacks": [DataEpochHooks(), AtomicCheckpoints(), ProgressFileCallback()]},
             parser_kwargs={"parser_mode": "omegaconf", "prog": program},
             save_config_kwargs={"overwrite": True},
             args=args,

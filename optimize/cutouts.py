@@ -13,6 +13,7 @@ draws one parameter set per call, so it would treat the whole batch alike).
 
 Every draw comes from the generator passed in, so a seed repeats the views exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,9 +25,7 @@ from einops import rearrange
 from torch import Tensor
 
 # RGB -> YIQ: Y is the luma torchvision's grayscale uses; saturation scales (I, Q), hue rotates them.
-RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],
-                           [0.596, -0.274, -0.322],
-                           [0.211, -0.523, 0.312]])
+RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 YIQ_TO_RGB = torch.linalg.inv(RGB_TO_YIQ)
 
 
@@ -81,8 +80,14 @@ class Cutouts:
     cover 8× but makes the cutouts the slowest part of a 256² step on a CPU.)
     """
 
-    def __init__(self, size: tuple[int, int], cutn: int, cut_pow: float = 1.0,
-                 augment: Augmentations | None = None, max_supersample: int = 2) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        cutn: int,
+        cut_pow: float = 1.0,
+        augment: Augmentations | None = None,
+        max_supersample: int = 2,
+    ) -> None:
         if cutn < 1:
             raise ValueError(f"cutn must be at least 1, got {cutn}")
         if cut_pow <= 0:
@@ -100,10 +105,14 @@ class Cutouts:
         theta, crop_height = self._geometry(*image.shape[-2:], generator, image.device)
         out_height, out_width = self.size
         supersample = max(1, min(self.max_supersample, math.ceil(float(crop_height.max()) / out_height)))
-        grid = F.affine_grid(theta.to(pixels.dtype), [self.cutn, 3, out_height * supersample, out_width * supersample],
-                             align_corners=False)
-        cutouts = F.grid_sample(pixels.expand(self.cutn, -1, -1, -1), grid, mode="bilinear",
-                                padding_mode="zeros", align_corners=False)
+        grid = F.affine_grid(
+            theta.to(pixels.dtype),
+            [self.cutn, 3, out_height * supersample, out_width * supersample],
+            align_corners=False,
+        )
+        cutouts = F.grid_sample(
+            pixels.expand(self.cutn, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         if supersample > 1:
             cutouts = F.avg_pool2d(cutouts, supersample)
         cutouts = self._jitter_colour(cutouts, generator)
@@ -111,8 +120,9 @@ class Cutouts:
         cutouts = self._erase(cutouts, generator)
         return cutouts * 2 - 1
 
-    def _geometry(self, height: int, width: int, generator: torch.Generator,
-                  device: torch.device) -> tuple[Tensor, Tensor]:
+    def _geometry(
+        self, height: int, width: int, generator: torch.Generator, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
         """Per cutout, the affine_grid matrix [cutn,2,3] mapping cutout coordinates into the image, and the crop height."""
         n, aug = self.cutn, self.augment
         out_height, out_width = self.size
@@ -141,9 +151,12 @@ class Cutouts:
         # affine_grid works in [-1, 1] coordinates: cutout -> crop pixels -> (augmented) -> image pixels -> image [-1, 1]
         to_crop_pixels = torch.diag_embed(torch.stack([crop_width / 2, crop_height / 2], dim=-1))
         to_image_units = torch.diag(torch.tensor([2 / width, 2 / height], device=device))
-        centre = torch.stack([left + crop_width / 2 - width / 2 + shift_x, top + crop_height / 2 - height / 2 + shift_y], dim=-1)
-        theta = torch.cat([to_image_units @ linear @ to_crop_pixels,
-                           rearrange(centre @ to_image_units, "n i -> n i 1")], dim=-1)
+        centre = torch.stack(
+            [left + crop_width / 2 - width / 2 + shift_x, top + crop_height / 2 - height / 2 + shift_y], dim=-1
+        )
+        theta = torch.cat(
+            [to_image_units @ linear @ to_crop_pixels, rearrange(centre @ to_image_units, "n i -> n i 1")], dim=-1
+        )
         return theta, crop_height
 
     def _jitter_colour(self, pixels: Tensor, generator: torch.Generator) -> Tensor:
@@ -161,8 +174,15 @@ class Cutouts:
         gray = torch.einsum("c, n c h w -> n", RGB_TO_YIQ[0].to(device, pixels.dtype), pixels) / pixels[0, 0].numel()
         pixels = torch.lerp(rearrange(gray, per_cutout), pixels, rearrange(contrast, per_cutout).to(pixels.dtype))
 
-        cos, sin, zeros, ones = hue.cos() * saturation, hue.sin() * saturation, torch.zeros_like(hue), torch.ones_like(hue)
-        chroma = rearrange(torch.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos]), "(i j) n -> n i j", i=3)
+        cos, sin, zeros, ones = (
+            hue.cos() * saturation,
+            hue.sin() * saturation,
+            torch.zeros_like(hue),
+            torch.ones_like(hue),
+        )
+        chroma = rearrange(
+            torch.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos]), "(i j) n -> n i j", i=3
+        )
         colour = YIQ_TO_RGB.to(device) @ chroma @ RGB_TO_YIQ.to(device)
         return torch.einsum("n i j, n j h w -> n i h w", colour.to(pixels.dtype), pixels)
 

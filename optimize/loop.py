@@ -13,12 +13,14 @@ the straight-through estimator hands their gradient to z unchanged, so z drifts 
 Every random draw (the start, the cutouts, image-prompt views) comes from one generator seeded with
 `settings.seed` before z is made, so a seed reproduces a run on the same device and thread count.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +60,10 @@ class OptimizeSettings:
         if self.width < 1 or self.height < 1:
             raise ValueError(f"image size {self.width}×{self.height} must be positive")
         if self.iterations < 1 or self.lr <= 0 or self.init_weight < 0:
-            raise ValueError(f"need iterations >= 1, lr > 0 and init_weight >= 0; got {self.iterations}, "
-                             f"{self.lr}, {self.init_weight}")
+            raise ValueError(
+                f"need iterations >= 1, lr > 0 and init_weight >= 0; got {self.iterations}, "
+                f"{self.lr}, {self.init_weight}"
+            )
 
 
 @dataclass
@@ -158,11 +162,16 @@ def resize_cover(image: Tensor, height: int, width: int) -> Tensor:
     if size != tuple(image.shape[-2:]):
         image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return image[..., top:top + height, left:left + width].clamp(-1, 1)
+    return image[..., top : top + height, left : left + width].clamp(-1, 1)
 
 
-def initial_codes(vqgan: VQGAN, settings: OptimizeSettings, generator: torch.Generator,
-                  init_image: Tensor | None = None, init_codes: Tensor | None = None) -> Tensor:
+def initial_codes(
+    vqgan: VQGAN,
+    settings: OptimizeSettings,
+    generator: torch.Generator,
+    init_image: Tensor | None = None,
+    init_codes: Tensor | None = None,
+) -> Tensor:
     """The code grid [1, h, w] a run starts from (see `OptimizeSettings.init`). Given codes of another
     grid size (a GPT sample, say) are scaled to this one by nearest neighbour: the layout is kept."""
     device = generator.device
@@ -174,8 +183,10 @@ def initial_codes(vqgan: VQGAN, settings: OptimizeSettings, generator: torch.Gen
             raise ValueError("init 'codes' needs init_codes (a LongTensor [h, w] or [1, h, w])")
         codes = init_codes.reshape(1, 1, *init_codes.shape[-2:]).to(device)
         if int(codes.min()) < 0 or int(codes.max()) >= vqgan.codebook_size:
-            raise ValueError(f"init codes must lie in [0, {vqgan.codebook_size}) for this VQGAN; "
-                             f"were they drawn for another codebook?")
+            raise ValueError(
+                f"init codes must lie in [0, {vqgan.codebook_size}) for this VQGAN; "
+                f"were they drawn for another codebook?"
+            )
         return rearrange(F.interpolate(codes.float(), size=grid, mode="nearest-exact").long(), "1 1 h w -> 1 h w")
     if settings.init == "image":
         if init_image is None:
@@ -187,8 +198,9 @@ def initial_codes(vqgan: VQGAN, settings: OptimizeSettings, generator: torch.Gen
         return vqgan.encode_codes(pixels)
 
 
-def embed_prompts(scorer: Scorer, prompts: Sequence[Prompt], cutouts: Cutouts,
-                  generator: torch.Generator) -> list[Target]:
+def embed_prompts(
+    scorer: Scorer, prompts: Sequence[Prompt], cutouts: Cutouts, generator: torch.Generator
+) -> list[Target]:
     """CLIP embeddings of every prompt: a text once, an image as its `cutn` augmented views (seen the way the
     image being optimised is seen), a noise prompt as a Gaussian direction drawn from its own seed."""
     targets = []
@@ -223,9 +235,16 @@ def _frozen_eval(module: torch.nn.Module) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
-def optimize(vqgan: VQGAN, scorer: Scorer, prompts: Sequence[Prompt], settings: OptimizeSettings, *,
-             init_image: Tensor | None = None, init_codes: Tensor | None = None,
-             callback: StepCallback | None = None) -> OptimizeResult:
+def optimize(
+    vqgan: VQGAN,
+    scorer: Scorer,
+    prompts: Sequence[Prompt],
+    settings: OptimizeSettings,
+    *,
+    init_image: Tensor | None = None,
+    init_codes: Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> OptimizeResult:
     """Run `settings.iterations` steps of VQGAN-CLIP and return the image, codes and loss curve.
 
     `callback` runs after every step; a KeyboardInterrupt raised in a step or in the callback ends

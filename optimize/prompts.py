@@ -14,6 +14,7 @@ The stop threshold switches a prompt's gradient off while its goal is met: a pos
 pulling once its distance is below `stop`, a negative one stops pushing once its distance is above
 `stop`. The loss value still counts the prompt, so the curve stays comparable between runs.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-SYNTAX = ("TEXT[:WEIGHT[:STOP]], several separated by '|', e.g. 'a red circle:1|a blue square:-0.5' "
-          "(the text itself cannot hold ':' or '|')")
+SYNTAX = (
+    "TEXT[:WEIGHT[:STOP]], several separated by '|', e.g. 'a red circle:1|a blue square:-0.5' "
+    "(the text itself cannot hold ':' or '|')"
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,10 @@ def _split_weight_stop(spec: str, syntax: str) -> tuple[str, float, float | None
     weight = _number(numbers[0], "weight", spec, syntax) if numbers else 1.0
     stop = _number(numbers[1], "stop", spec, syntax) if len(numbers) > 1 else None
     if weight == 0 or math.isinf(weight):
-        raise ValueError(f"weight {numbers[0]!r} in {spec!r} must be a finite non-zero number "
-                         f"(negative pushes the image away); drop the prompt instead of weighing it 0")
+        raise ValueError(
+            f"weight {numbers[0]!r} in {spec!r} must be a finite non-zero number "
+            f"(negative pushes the image away); drop the prompt instead of weighing it 0"
+        )
     return head, weight, stop
 
 

@@ -1,4 +1,5 @@
 """Writing the tiny YAML configs the stage tests run `fit` with."""
+
 import copy
 from pathlib import Path
 
@@ -15,9 +16,17 @@ def tiny_trainer(*callbacks: dict, **settings) -> dict:
         "devices": 1,
         "enable_progress_bar": False,
         "enable_model_summary": False,
-        "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": None, "name": "logs"}},
-        "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                       "init_args": {"save_last": True, "save_top_k": 0}}, *callbacks],
+        "logger": {
+            "class_path": "pytorch_lightning.loggers.CSVLogger",
+            "init_args": {"save_dir": None, "name": "logs"},
+        },
+        "callbacks": [
+            {
+                "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                "init_args": {"save_last": True, "save_top_k": 0},
+            },
+            *callbacks,
+        ],
         **settings,
     }
 

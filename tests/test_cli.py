@@ -93,8 +93,9 @@ def test_a_short_config_name_finds_the_packaged_config_from_any_folder(module, t
 
 
 def test_an_unknown_config_name_is_one_line_listing_the_packaged_ones(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vqgan", "fit", "-c", "shapez"], capture_output=True, text=True,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "vqgan", "fit", "-c", "shapez"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "'shapez'" in result.stderr and "emoji, shapes" in result.stderr

@@ -1,4 +1,5 @@
 """clip_rerank: loading (config name, config file, local weights, own checkpoints), Scorer, metrics."""
+
 import json
 
 import numpy as np
@@ -41,7 +42,6 @@ def scorer():
     return seeded_load("clip-tiny-32")
 
 
-
 @pytest.fixture(scope="module")
 def micro_config_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("configs") / "clip-test-micro.json"
@@ -73,8 +73,12 @@ def test_a_model_config_file_loads_under_its_file_name(micro_config_file):
 
 def test_own_safetensors_checkpoint_round_trips_without_the_config_registry(scorer, tmp_path):
     # A name open_clip has never heard of: the checkpoint's metadata alone must rebuild the model.
-    path = save_checkpoint(scorer.model, "renamed-tiny", tmp_path / "clip.safetensors",
-                           model_config=open_clip.get_model_config("clip-tiny-32"))
+    path = save_checkpoint(
+        scorer.model,
+        "renamed-tiny",
+        tmp_path / "clip.safetensors",
+        model_config=open_clip.get_model_config("clip-tiny-32"),
+    )
     assert "renamed-tiny" not in open_clip.list_models()
     restored = seeded_load(path, seed=1)  # a different seed: equal outputs can only come from the file
     images = random_images(4)
@@ -116,7 +120,12 @@ def test_a_checkpoint_of_another_architecture_is_refused(scorer, tmp_path):
     "spec, pretrained, error, message",
     [
         ("no-such-clip", None, ValueError, "unknown CLIP architecture 'no-such-clip'; use one of clip-"),
-        ("runs/missing/clip.safetensors", None, FileNotFoundError, "no CLIP checkpoint at runs/missing/clip.safetensors"),
+        (
+            "runs/missing/clip.safetensors",
+            None,
+            FileNotFoundError,
+            "no CLIP checkpoint at runs/missing/clip.safetensors",
+        ),
         ("runs/missing/last.ckpt", None, FileNotFoundError, "no CLIP checkpoint at"),
         ("missing/config.json", None, FileNotFoundError, "no CLIP model config at"),
         ("clip-tiny-32", "missing/weights.pt", FileNotFoundError, "no CLIP weights file at missing/weights.pt"),
@@ -224,7 +233,9 @@ def test_clip_score_is_mean_cosine_times_100(scorer):
     prompts = ["a small red circle", "a large blue square", "a small red circle", "a large green triangle"]
     result = clip_score(scorer, prompts, images)
     for i, prompt in enumerate(prompts):
-        assert result.per_image[i].item() == pytest.approx(100 * scorer.score(prompt, images[i : i + 1]).item(), abs=1e-4)
+        assert result.per_image[i].item() == pytest.approx(
+            100 * scorer.score(prompt, images[i : i + 1]).item(), abs=1e-4
+        )
     assert result.mean == pytest.approx(result.per_image.mean().item())
     assert clip_score(scorer, "a small red circle", images).per_image.shape == (4,)
     with pytest.raises(ValueError, match="got 2 prompts for 4 images"):
@@ -242,7 +253,11 @@ def test_frechet_distance_of_a_shift_is_its_squared_length():
 def test_frechet_distance_agrees_with_scipy_sqrtm():
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(300, 8, generator=generator, dtype=torch.float64)
-    b = torch.randn(300, 8, generator=generator, dtype=torch.float64) @ torch.randn(8, 8, generator=generator, dtype=torch.float64) + 0.3
+    b = (
+        torch.randn(300, 8, generator=generator, dtype=torch.float64)
+        @ torch.randn(8, 8, generator=generator, dtype=torch.float64)
+        + 0.3
+    )
     mean_a, mean_b, cov_a, cov_b = a.mean(0).numpy(), b.mean(0).numpy(), np.cov(a.numpy().T), np.cov(b.numpy().T)
     expected = ((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * scipy.linalg.sqrtm(cov_a @ cov_b).real)
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)

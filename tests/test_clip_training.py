@@ -1,6 +1,7 @@
 """`clip-rerank fit` end to end on tiny shapes: metrics logged, checkpoint loads alone, exact resume,
 config errors; and the pieces of the LightningModule: retrieval with repeated captions, attribute swaps,
 hard negatives and their loss, the augmentation and the schedule."""
+
 import csv
 import json
 import math
@@ -10,6 +11,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from stage_configs import tiny_trainer, write_stage_config
 
 import clip_rerank
 from clip_rerank.cli import main
@@ -29,7 +31,6 @@ from clip_rerank.lightning import (
 from imagetext.describe import matches
 from imagetext.shapes import OPPOSITE_RELATION, ShapesDataset, parse_caption
 from imagetext.training import WarmupCosine
-from stage_configs import tiny_trainer, write_stage_config
 
 # The smallest CLIP that still uses open_clip's BPE vocabulary (most of its weights are the token embedding).
 NANO_CONFIG = {
@@ -41,11 +42,15 @@ NANO_CONFIG = {
 TINY = {
     "seed_everything": 0,
     "trainer": tiny_trainer(),
-    "model": {"architecture": None, "learning_rate": 2.0e-3, "warmup_steps": 2, "crop_min_side": 0.8,
-              "hard_negatives": True},
+    "model": {
+        "architecture": None,
+        "learning_rate": 2.0e-3,
+        "warmup_steps": 2,
+        "crop_min_side": 0.8,
+        "hard_negatives": True,
+    },
     "data": {"source": "shapes", "image_size": 16, "batch_size": 8, "n_train": 32, "n_val": 24, "num_workers": 0},
 }
-
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +77,16 @@ def test_fit_logs_retrieval_and_attribute_metrics_and_the_checkpoint_loads_alone
     run = tmp_path / "logs" / "version_0"
     rows = metrics(run)
     logged = {key for row in rows for key, value in row.items() if value}
-    expected = {"train/loss", "train/logit_scale", "train/lr", "val/loss", "val/i2t_top1", "val/i2t_top5",
-                "val/t2i_top1", "val/t2i_top5"} | {f"val/zeroshot_{name}" for name in ATTRIBUTES}
+    expected = {
+        "train/loss",
+        "train/logit_scale",
+        "train/lr",
+        "val/loss",
+        "val/i2t_top1",
+        "val/i2t_top5",
+        "val/t2i_top1",
+        "val/t2i_top5",
+    } | {f"val/zeroshot_{name}" for name in ATTRIBUTES}
     assert expected <= logged
     learning_rates = [float(row["train/lr"]) for row in rows if row["train/lr"]]
     assert learning_rates[0] < learning_rates[1] and learning_rates[-1] < learning_rates[1]  # warmup, then decay
@@ -100,11 +113,17 @@ def test_a_run_stopped_after_an_epoch_resumes_exactly(tmp_path, nano_config_file
     # The straight run keeps a checkpoint per epoch; resuming from its first one is what a run killed after
     # epoch 0 would do (same config, so the same cosine schedule). Crops and hard negatives depend on
     # (seed, global_step) only, so the resumed run draws what the straight run drew.
-    every_epoch = [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                    "init_args": {"save_last": True, "save_top_k": -1, "every_n_epochs": 1}}]
+    every_epoch = [
+        {
+            "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+            "init_args": {"save_last": True, "save_top_k": -1, "every_n_epochs": 1},
+        }
+    ]
     # with every drawn batch extra on: the crops, hard negatives and reflections must draw again what they drew
     options = {"model.reflected_pairs": True, "model.reflect_to": "any", "model.order_negatives": True}
-    config = write_config(tmp_path, nano_config_file, **{"trainer.max_epochs": 2, "trainer.callbacks": every_epoch, **options})
+    config = write_config(
+        tmp_path, nano_config_file, **{"trainer.max_epochs": 2, "trainer.callbacks": every_epoch, **options}
+    )
     main(["fit", "-c", str(config)])
     checkpoints = tmp_path / "logs" / "version_0" / "checkpoints"
     straight = torch.load(checkpoints / "last.ckpt", weights_only=True)
@@ -188,7 +207,12 @@ def test_retrieval_of_random_features_is_near_chance_and_of_equal_features_perfe
     features = F.normalize(torch.randn(200, 64, generator=generator), dim=-1)
     other = F.normalize(torch.randn(200, 64, generator=generator), dim=-1)
     ids = torch.arange(200)
-    assert retrieval_accuracy(features, features, ids) == {"i2t_top1": 1.0, "t2i_top1": 1.0, "i2t_top5": 1.0, "t2i_top5": 1.0}
+    assert retrieval_accuracy(features, features, ids) == {
+        "i2t_top1": 1.0,
+        "t2i_top1": 1.0,
+        "i2t_top5": 1.0,
+        "t2i_top5": 1.0,
+    }
     chance = retrieval_accuracy(features, other, ids)
     assert chance["t2i_top1"] < 0.05 and chance["i2t_top5"] < 0.1
 
@@ -200,9 +224,19 @@ def differing_words(a: str, b: str) -> int:
 def test_one_attribute_swaps_change_exactly_that_attribute():
     scene = parse_caption("a small red circle above a large blue square")
     first_object = one_attribute_swaps(scene)
-    assert {name: len(scenes) for name, scenes in first_object.items()} == {"color": 5, "shape": 2, "size": 1, "relation": 3}
+    assert {name: len(scenes) for name, scenes in first_object.items()} == {
+        "color": 5,
+        "shape": 2,
+        "size": 1,
+        "relation": 3,
+    }
     every_object = one_attribute_swaps(scene, every_object=True)
-    assert {name: len(scenes) for name, scenes in every_object.items()} == {"color": 10, "shape": 4, "size": 2, "relation": 3}
+    assert {name: len(scenes) for name, scenes in every_object.items()} == {
+        "color": 10,
+        "shape": 4,
+        "size": 2,
+        "relation": 3,
+    }
     for name, scenes in every_object.items():
         for swapped in scenes:
             assert not same_picture(scene, swapped)
@@ -214,15 +248,25 @@ def test_one_attribute_swaps_change_exactly_that_attribute():
 def test_a_swap_that_shows_the_same_picture_is_left_out():
     twins = parse_caption("a small red circle above a small red circle")
     relations = [s.caption for s in one_attribute_swaps(twins)["relation"]]
-    assert relations == ["a small red circle to the left of a small red circle",
-                         "a small red circle to the right of a small red circle"]  # not "below": the same picture
-    assert same_picture(parse_caption("a small red circle above a large blue square"),
-                        parse_caption("a large blue square below a small red circle"))
+    assert relations == [
+        "a small red circle to the left of a small red circle",
+        "a small red circle to the right of a small red circle",
+    ]  # not "below": the same picture
+    assert same_picture(
+        parse_caption("a small red circle above a large blue square"),
+        parse_caption("a large blue square below a small red circle"),
+    )
 
 
 def test_hard_negatives_are_false_by_one_attribute_and_seeded():
-    scenes = [parse_caption(c) for c in ("a large green triangle", "a small red circle above a large blue square",
-                                         "a small red circle to the left of a small red circle")] * 20
+    scenes = [
+        parse_caption(c)
+        for c in (
+            "a large green triangle",
+            "a small red circle above a large blue square",
+            "a small red circle to the left of a small red circle",
+        )
+    ] * 20
     labels = [scene.to_dict() for scene in scenes]
     negatives = hard_negative_captions(labels, torch.Generator().manual_seed(0))
     assert negatives == hard_negative_captions(labels, torch.Generator().manual_seed(0))
@@ -260,7 +304,10 @@ def test_attribute_hits_follow_the_scores():
 def test_random_crop_is_seeded_keeps_black_background_and_only_flips_when_asked():
     images = torch.full((4, 3, 16, 16), -1.0)
     images[:, :, 6:10, 2:6] = 1.0  # a white square left of centre on black
-    crop = lambda seed, **kwargs: random_crop(images, torch.Generator().manual_seed(seed), **kwargs)
+
+    def crop(seed, **kwargs):
+        return random_crop(images, torch.Generator().manual_seed(seed), **kwargs)
+
     assert torch.equal(crop(0, min_side=0.8), crop(0, min_side=0.8))
     assert not torch.equal(crop(0, min_side=0.8), crop(1, min_side=0.8))
     assert torch.allclose(crop(0, min_side=1.0), images, atol=1e-5)  # a full-size crop is the image itself
@@ -281,29 +328,45 @@ def test_warmup_then_cosine_to_zero():
 
 
 def test_order_swaps_name_the_objects_the_other_way_round():
-    labels = [parse_caption(c).to_dict() for c in ("a large green triangle", "a small red circle above a large blue square",
-                                                  "a small red circle to the left of a small red circle")]
+    labels = [
+        parse_caption(c).to_dict()
+        for c in (
+            "a large green triangle",
+            "a small red circle above a large blue square",
+            "a small red circle to the left of a small red circle",
+        )
+    ]
     assert order_swap_captions(labels) == ["a large blue square above a small red circle"]
 
 
 def test_reflected_pairs_join_the_batch_as_true_pairs():
     items = [ShapesDataset(12, image_size=32, seed=3)[i] for i in range(12)]
-    images, captions, labels = torch.stack([i["image"] for i in items]), [i["caption"] for i in items], [i["labels"] for i in items]
+    images, captions, labels = (
+        torch.stack([i["image"] for i in items]),
+        [i["caption"] for i in items],
+        [i["labels"] for i in items],
+    )
     two_objects = sum(1 for item in labels if item["relation"])
     new_images, new_captions, new_labels = with_reflected_pairs(images, captions, labels)
     assert len(new_images) == len(new_captions) == len(new_labels) == 12 + two_objects and two_objects > 0
     assert torch.equal(new_images[:12], images) and new_captions[:12] == captions
-    for image, caption, original in zip(new_images[12:], new_captions[12:], [c for c, l in zip(captions, labels) if l["relation"]]):
+    for image, caption, original in zip(
+        new_images[12:], new_captions[12:], [c for c, label in zip(captions, labels) if label["relation"]]
+    ):
         assert matches(caption, image) and caption != original
 
 
 def test_reflected_pairs_to_any_relation_draw_all_three_others_reproducibly():
     items = [ShapesDataset(40, image_size=32, seed=3)[i] for i in range(40)]
-    images, captions, labels = torch.stack([i["image"] for i in items]), [i["caption"] for i in items], [i["labels"] for i in items]
+    images, captions, labels = (
+        torch.stack([i["image"] for i in items]),
+        [i["caption"] for i in items],
+        [i["labels"] for i in items],
+    )
     first = with_reflected_pairs(images, captions, labels, torch.Generator().manual_seed(1))
     again = with_reflected_pairs(images, captions, labels, torch.Generator().manual_seed(1))
     assert torch.equal(first[0], again[0]) and first[1] == again[1]
-    originals = [l for l in labels if l["relation"]]
+    originals = [label for label in labels if label["relation"]]
     kinds = set()
     for image, caption, new, old in zip(first[0][40:], first[1][40:], first[2][40:], originals):
         assert matches(caption, image) and new["relation"] != old["relation"]

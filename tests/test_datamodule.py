@@ -26,7 +26,9 @@ def test_folder_source_has_a_deterministic_split(tmp_path):
     write_shapes_folder(tmp_path / "f", n=20, image_size=16)
     splits = []
     for _ in range(2):
-        data = ImageTextDataModule(source="folder", path=str(tmp_path / "f"), image_size=16, batch_size=5, val_fraction=0.2)
+        data = ImageTextDataModule(
+            source="folder", path=str(tmp_path / "f"), image_size=16, batch_size=5, val_fraction=0.2
+        )
         data.setup("fit")
         splits.append((list(data.train_set.indices), list(data.val_set.indices)))
     (train, val), again = splits[0], splits[1]
@@ -73,8 +75,14 @@ def test_the_epoch_reaches_an_iterable_training_set():
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     loader = torch.utils.data.DataLoader(Recorder(), batch_size=1, collate_fn=collate_image_text)
-    trainer = pl.Trainer(max_epochs=3, callbacks=[DataEpochHooks()], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=[DataEpochHooks()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Tiny(), loader)
     assert Recorder.epochs == [0, 1, 2]
 
@@ -94,4 +102,3 @@ def test_training_order_is_a_function_of_seed_and_epoch():
     assert sorted(first) == list(range(50)) and first == list(EpochShuffle(50, seed=3))
     sampler.set_epoch(1)
     assert list(sampler) != first
-

@@ -1,4 +1,5 @@
 """The demo's stage runner: a stage's checkpoint is kept, a finished stage is reused, a failed one is named."""
+
 import json
 import subprocess
 import sys
@@ -55,8 +56,11 @@ def test_the_quick_train_demo_runs_the_whole_pipeline(tmp_path):
     """`vqgan-clip demo --train --quick`: every stage as a user runs it, on a fresh folder (about 3 minutes),
     then the same with the shipped models, side by side."""
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--train", "--quick", "--out", str(out)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "vqgan_clip", "demo", "--train", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"report: {out / 'report.html'}" in result.stdout
     models = demo_models(out)
@@ -76,6 +80,9 @@ def test_the_quick_train_demo_runs_the_whole_pipeline(tmp_path):
     assert shipped["checkpoints"]["gpt"]["path"].endswith("gpt_prior/shapes.safetensors")
     assert "trained here" in result.stdout and "shipped models" in result.stdout
     # A second run reuses every stage: 4 trained, 3 showing them, 3 showing the shipped models.
-    again = subprocess.run([sys.executable, "-m", "vqgan_clip", "demo", "--train", "--quick", "--out", str(out)],
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "vqgan_clip", "demo", "--train", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0 and again.stdout.count("reusing") == 10

@@ -1,4 +1,5 @@
 """The emoji recipe on a small tarball with the real emoji-datasource layout, built inside each test."""
+
 from __future__ import annotations
 
 import io
@@ -16,14 +17,22 @@ from imagetext import emoji
 
 HOLD = "1f9d1-200d-1f91d-200d-1f9d1"
 ENTRIES = [
-    {"name": "WAVING HAND SIGN", "short_names": ["wave"], "image": "1f44b.png",
-     "skin_variations": {"1F3FD": {"unified": "1F44B-1F3FD", "image": "1f44b-1f3fd.png"}}},
-    {"name": "PEOPLE HOLDING HANDS", "short_names": ["people_holding_hands"], "image": f"{HOLD}.png",
-     "skin_variations": {
-         "1F3FB-1F3FF": {"image": f"{HOLD}-1f3fb-1f3ff.png"},
-         "1F3FC-1F3FC": {"image": f"{HOLD}-1f3fc-1f3fc.png"},  # a symlink in the tarball: refused
-         "1F3FE-1F3FE": {"image": f"{HOLD}-1f3fe-1f3fe.png"},  # absent from the tarball: missing
-     }},
+    {
+        "name": "WAVING HAND SIGN",
+        "short_names": ["wave"],
+        "image": "1f44b.png",
+        "skin_variations": {"1F3FD": {"unified": "1F44B-1F3FD", "image": "1f44b-1f3fd.png"}},
+    },
+    {
+        "name": "PEOPLE HOLDING HANDS",
+        "short_names": ["people_holding_hands"],
+        "image": f"{HOLD}.png",
+        "skin_variations": {
+            "1F3FB-1F3FF": {"image": f"{HOLD}-1f3fb-1f3ff.png"},
+            "1F3FC-1F3FC": {"image": f"{HOLD}-1f3fc-1f3fc.png"},  # a symlink in the tarball: refused
+            "1F3FE-1F3FE": {"image": f"{HOLD}-1f3fe-1f3fe.png"},  # absent from the tarball: missing
+        },
+    },
     {"name": "KEYCAP: *", "short_names": ["keycap_star"], "short_name": "keycap_star", "image": "2a-fe0f-20e3.png"},
     {"name": None, "short_names": None, "unified": "1F600", "image": "1f600.png"},
     {"name": "EVIL", "short_names": ["evil"], "image": "../../evil.png"},  # unsafe name in emoji.json
@@ -83,10 +92,13 @@ def test_writes_referenced_64px_pairs_with_captions(tmp_path, caplog):
 
     assert read_captions(folder / "1f44b.txt") == ["waving hand sign, twitter emoji", "wave, twitter emoji"]
     assert read_captions(folder / "1f44b-1f3fd.txt") == [
-        "waving hand sign, medium skin tone, twitter emoji", "wave, medium skin tone, twitter emoji"]
+        "waving hand sign, medium skin tone, twitter emoji",
+        "wave, medium skin tone, twitter emoji",
+    ]
     # the short name equals the name once `_` becomes a space: one line, not two
     assert read_captions(folder / f"{HOLD}-1f3fb-1f3ff.txt") == [
-        "people holding hands, light skin tone and dark skin tone, twitter emoji"]
+        "people holding hands, light skin tone and dark skin tone, twitter emoji"
+    ]
     assert read_captions(folder / "2a-fe0f-20e3.txt") == ["keycap: *, twitter emoji", "keycap star, twitter emoji"]
     assert read_captions(folder / "1f600.txt") == ["emoji 1f600, twitter emoji"]
 
@@ -121,7 +133,9 @@ def test_both_vendors_and_vendor_word(tmp_path):
 
     assert counts == {"twitter": 6, "google": 6}
     assert read_captions(tmp_path / "out" / "google" / "1f44b.txt") == [
-        "waving hand sign, google emoji", "wave, google emoji"]
+        "waving hand sign, google emoji",
+        "wave, google emoji",
+    ]
     attribution = (tmp_path / "out" / "ATTRIBUTION").read_text(encoding="utf-8")
     assert "twitter/: Twitter Twemoji" in attribution and "google/: Google Noto emoji images: Apache-2.0" in attribution
 
@@ -167,11 +181,14 @@ def test_interrupted_build_leaves_nothing_half_written(tmp_path, monkeypatch):
 def test_skin_tone_phrases():
     entry = {"name": "COUPLE WITH HEART", "short_names": ["couple_with_heart"]}
     assert emoji.caption_lines(entry, "google", "1F3FC-1F3FC") == [
-        "couple with heart, medium-light skin tone, google emoji"]
+        "couple with heart, medium-light skin tone, google emoji"
+    ]
     assert emoji.caption_lines(entry, "google", "1F3FE-1F3FB") == [
-        "couple with heart, medium-dark skin tone and light skin tone, google emoji"]
+        "couple with heart, medium-dark skin tone and light skin tone, google emoji"
+    ]
     assert emoji.caption_lines({"name": "  ODD\nNAME ", "short_names": ["", 7]}, "twitter") == [
-        "odd name, twitter emoji"]
+        "odd name, twitter emoji"
+    ]
 
 
 def test_missing_npm_says_what_to_do(tmp_path, monkeypatch):
@@ -198,8 +215,10 @@ def test_npm_failure_and_success_without_network(tmp_path, monkeypatch):
     (tmp_path / "bin" / "npm").unlink()
     (tmp_path / "bin").rmdir()
     # npm pack SPEC --pack-destination DEST: copy the tarball into DEST and print its name, as npm does
-    _fake_npm(tmp_path / "bin", f'cp "{source}" "$4/emoji-datasource-twitter-16.0.0.tgz"\n'
-                                'echo emoji-datasource-twitter-16.0.0.tgz\n')
+    _fake_npm(
+        tmp_path / "bin",
+        f'cp "{source}" "$4/emoji-datasource-twitter-16.0.0.tgz"\necho emoji-datasource-twitter-16.0.0.tgz\n',
+    )
     assert emoji.write_emoji_folder(tmp_path / "out", vendors=("twitter",)) == {"twitter": 6}
 
 
@@ -218,5 +237,7 @@ def test_real_npm_package_twitter(tmp_path):
     assert counts == {"twitter": 3786}
     assert len(list(folder.glob("*.png"))) == len(list(folder.glob("*.txt"))) == 3786
     assert read_captions(folder / "1f385-1f3fb.txt") == [
-        "father christmas, light skin tone, twitter emoji", "santa, light skin tone, twitter emoji"]
+        "father christmas, light skin tone, twitter emoji",
+        "santa, light skin tone, twitter emoji",
+    ]
     assert Image.open(folder / "1f385.png").size == (64, 64)

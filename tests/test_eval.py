@@ -1,22 +1,30 @@
 """`vqgan-clip eval`: the ruler on ground-truth renders, eval.json + a self-contained report, folder data, bad input."""
+
 import json
 import re
 
 import pytest
 import torch
 from einops import repeat
+from test_generate import IMAGE_SIZE, make_tiny_models  # the same tiny checkpoints generate is tested with
 
 import clip_rerank
 import vqgan
 from imagetext.files import file_sha256
 from imagetext.shapes import write_shapes_folder
-from test_generate import IMAGE_SIZE, make_tiny_models  # the same tiny checkpoints generate is tested with
 from vqgan_clip.cli import main
 from vqgan_clip.evaluate import evaluate_set, shapes_caption_sets
 
 FIGURES = {
-    "attribute_accuracy": {"real", "vqgan_reconstruction", "single_sample", "reranked_top1", "rerank_lift",
-                           "oracle_any_of_n", "clip_pick_rate"},
+    "attribute_accuracy": {
+        "real",
+        "vqgan_reconstruction",
+        "single_sample",
+        "reranked_top1",
+        "rerank_lift",
+        "oracle_any_of_n",
+        "clip_pick_rate",
+    },
     "candidate_errors": {"candidates", "correct", "count", "size", "color", "shape", "relation"},
     "diversity": {"distinct_images", "distinct_scenes"},
     "clip_score": {"real", "single_sample", "reranked_top1"},
@@ -37,9 +45,11 @@ def scorer_and_vqgan(models):
 
 def source_of(images: torch.Tensor):
     """A candidate source that answers every caption with `images` (one per caption), n times over."""
+
     def source(captions: list[str], n: int) -> torch.Tensor:
         assert len(captions) == len(images)
         return repeat(images, "p c h w -> (p n) c h w", n=n)
+
     return source
 
 
@@ -50,12 +60,16 @@ def test_ground_truth_renders_read_as_correct_and_other_captions_images_do_not(s
         accuracy = truth.figures["attribute_accuracy"]
         assert min(accuracy["real"], accuracy["single_sample"], accuracy["reranked_top1"]) >= 0.99, caption_set.name
         assert accuracy["rerank_lift"] == 0.0  # equal candidates: the top-1 is candidate 0
-        assert truth.figures["clip_score"]["single_sample"] == pytest.approx(truth.figures["clip_score"]["real"], abs=1e-3)
+        assert truth.figures["clip_score"]["single_sample"] == pytest.approx(
+            truth.figures["clip_score"]["real"], abs=1e-3
+        )
         assert truth.figures["fd_clip"]["single_sample"] == pytest.approx(0.0, abs=1e-6)
         assert truth.figures["vqgan"]["psnr_db"] > 0 and 0 < truth.figures["vqgan"]["codebook_usage"] <= 1
 
         # Each caption answered with the next caption's image: the ruler must say so.
-        shifted = evaluate_set(caption_set, source_of(caption_set.images.roll(1, dims=0)), scorer, decoder, n_candidates=1)
+        shifted = evaluate_set(
+            caption_set, source_of(caption_set.images.roll(1, dims=0)), scorer, decoder, n_candidates=1
+        )
         assert shifted.figures["attribute_accuracy"]["single_sample"] < 0.3
         assert shifted.figures["fd_clip"]["single_sample"] < 0.05  # the same images as a set: close to the real ones
 
@@ -81,14 +95,33 @@ def test_reranking_takes_the_clip_best_candidate(scorer_and_vqgan):
     assert sum(kind["reranked_top1"] * kind["n_captions"] for kind in by_kind) == pytest.approx(12 * expected_top1)
     assert all(kind["oracle_any_of_n"] == 1.0 and kind["single_sample"] == 0.0 for kind in by_kind)
     # every black candidate shows no object (a count error); every render is right
-    assert result.figures["candidate_errors"] == {"candidates": 24, "correct": 12, "count": 12, "size": 0, "color": 0,
-                                                  "shape": 0, "relation": 0}
+    assert result.figures["candidate_errors"] == {
+        "candidates": 24,
+        "correct": 12,
+        "count": 12,
+        "size": 0,
+        "color": 0,
+        "shape": 0,
+        "relation": 0,
+    }
     assert result.figures["diversity"] == {"distinct_images": 2.0, "distinct_scenes": 2.0}
     assert result.figures["clip_score"]["reranked_top1"] == pytest.approx(result.scores.max(dim=1).values.mean().item())
 
 
 def test_eval_writes_json_and_a_self_contained_report_deterministically(models, tmp_path, capsys):
-    args = ["eval", "--gpt", str(models["gpt"]), "--clip", str(models["clip"]), "--n", "3", "--rerank", "2", "--batch-size", "4"]
+    args = [
+        "eval",
+        "--gpt",
+        str(models["gpt"]),
+        "--clip",
+        str(models["clip"]),
+        "--n",
+        "3",
+        "--rerank",
+        "2",
+        "--batch-size",
+        "4",
+    ]
     main([*args, "--out", str(tmp_path / "a")])
     main([*args, "--out", str(tmp_path / "b")])
     for name in ("eval.json", "report.html"):
@@ -114,20 +147,38 @@ def test_eval_writes_json_and_a_self_contained_report_deterministically(models, 
 
 def test_a_caption_folder_is_evaluated_on_its_validation_split(models, tmp_path):
     folder = write_shapes_folder(tmp_path / "shapes", n=40, image_size=IMAGE_SIZE)
-    main(["eval", "--gpt", str(models["gpt"]), "--clip", str(models["clip"]), "--data", str(folder),
-          "--n", "10", "--rerank", "1", "--out", str(tmp_path / "out")])
+    main(
+        [
+            "eval",
+            "--gpt",
+            str(models["gpt"]),
+            "--clip",
+            str(models["clip"]),
+            "--data",
+            str(folder),
+            "--n",
+            "10",
+            "--rerank",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     results = json.loads((tmp_path / "out" / "eval.json").read_text())
     held_out = results["sets"]["held_out"]
     assert list(results["sets"]) == ["held_out"] and held_out["n_captions"] == 2  # 5% of 40
     assert held_out["attribute_accuracy"]["rerank_lift"] == 0.0  # one candidate: nothing to rerank
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--n", "1"], "--n must be >= 2"),
-    (["--rerank", "0"], "--rerank must be >= 1"),
-    (["--data", "missing-folder"], "--data missing-folder"),
-    (["--clip", "no-such-clip"], "unknown CLIP architecture"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--n", "1"], "--n must be >= 2"),
+        (["--rerank", "0"], "--rerank must be >= 1"),
+        (["--data", "missing-folder"], "--data missing-folder"),
+        (["--clip", "no-such-clip"], "unknown CLIP architecture"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, monkeypatch, extra, expected):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

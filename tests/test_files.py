@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from imagetext.files import atomic_path, file_sha256, safe_name, unique_dir
-from imagetext.images import pil_to_tensor, open_rgb, read_png_text, save_png
+from imagetext.images import open_rgb, pil_to_tensor, read_png_text, save_png
 
 
 def test_atomic_writes_replace_whole_files_with_usual_permissions(tmp_path):

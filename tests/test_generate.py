@@ -1,4 +1,5 @@
 """`vqgan-clip generate` end to end on tiny checkpoints: files, names, metadata, sort order, seeds, bad input."""
+
 import json
 import warnings
 from dataclasses import asdict
@@ -25,8 +26,14 @@ IMAGE_SIZE = 32
 TINY_VQGAN = {  # 32 px -> 4×4 codes of 16: sampling is 16 steps
     "embed_dim": 8,
     "n_embed": 16,
-    "ddconfig": {"ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
-                 "resolution": IMAGE_SIZE, "z_channels": 8},
+    "ddconfig": {
+        "ch": 32,
+        "ch_mult": [1, 1, 1, 1],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "resolution": IMAGE_SIZE,
+        "z_channels": 8,
+    },
 }
 
 
@@ -39,15 +46,31 @@ def make_tiny_models(folder: Path) -> dict[str, Path]:
         torch.manual_seed(0)
         vqgan_path = vqgan.export_bundle(vqgan.VQGAN(TINY_VQGAN), folder / "vqgan.safetensors")
         tokenizer = train_tokenizer([scene_at(0, i, IMAGE_SIZE).caption for i in range(64)], vocab_size=128)
-        config = GPTConfig(text_vocab_size=tokenizer.vocab_size, text_len=24, image_vocab_size=TINY_VQGAN["n_embed"],
-                           image_grid=(4, 4), n_layer=1, n_head=2, n_embd=32, text_pad_id=tokenizer.pad_id)
+        config = GPTConfig(
+            text_vocab_size=tokenizer.vocab_size,
+            text_len=24,
+            image_vocab_size=TINY_VQGAN["n_embed"],
+            image_grid=(4, 4),
+            n_layer=1,
+            n_head=2,
+            n_embd=32,
+            text_pad_id=tokenizer.pad_id,
+        )
         gpt = GPT(config)
         clip = clip_rerank.load("clip-micro-32")
     saved_config = asdict(config) | {"image_grid": list(config.image_grid)}
-    torch.save({"state_dict": {f"model.{key}": value for key, value in gpt.state_dict().items()},
-                CHECKPOINT_KEY: {"config": saved_config, "tokenizer": tokenizer.to_json(),
-                                 "vqgan": str(vqgan_path), "vqgan_sha256": file_sha256(vqgan_path)}},
-               folder / "gpt.ckpt")
+    torch.save(
+        {
+            "state_dict": {f"model.{key}": value for key, value in gpt.state_dict().items()},
+            CHECKPOINT_KEY: {
+                "config": saved_config,
+                "tokenizer": tokenizer.to_json(),
+                "vqgan": str(vqgan_path),
+                "vqgan_sha256": file_sha256(vqgan_path),
+            },
+        },
+        folder / "gpt.ckpt",
+    )
     clip_path = clip_rerank.save_checkpoint(clip.model, "clip-micro-32", folder / "clip.safetensors")
     return {"vqgan": vqgan_path, "gpt": folder / "gpt.ckpt", "clip": clip_path}
 
@@ -88,9 +111,12 @@ def test_reranked_files_names_metadata_and_order(models, tmp_path, capsys):
 
     # The files are the pipeline's images: the same draw in process gives the same pixels and CLIP scores.
     loaded = generate.load_models(models["gpt"], clip=str(models["clip"]))
-    candidates = generate.generate_candidates(loaded, PROMPT, 6, generate.SamplingSettings(batch_size=4, cfg_scale=2.0),
-                                              seed=7, progress=False)
-    assert candidates.scores.tolist() == pytest.approx([c["score"] for c in sorted(ranked, key=lambda c: c["candidate"])])
+    candidates = generate.generate_candidates(
+        loaded, PROMPT, 6, generate.SamplingSettings(batch_size=4, cfg_scale=2.0), seed=7, progress=False
+    )
+    assert candidates.scores.tolist() == pytest.approx(
+        [c["score"] for c in sorted(ranked, key=lambda c: c["candidate"])]
+    )
     for entry in ranked[:3]:
         path = folder / entry["file"]
         assert np.array_equal(png_pixels(path), tensor_to_array(candidates.images[entry["candidate"]]))
@@ -104,7 +130,9 @@ def test_reranked_files_names_metadata_and_order(models, tmp_path, capsys):
     assert grid.shape == (IMAGE_SIZE + 4, 6 * (IMAGE_SIZE + 2) + 2, 3)
     for column, entry in enumerate(ranked):
         x = 2 + column * (IMAGE_SIZE + 2)
-        assert np.array_equal(grid[2:2 + IMAGE_SIZE, x:x + IMAGE_SIZE], tensor_to_array(candidates.images[entry["candidate"]]))
+        assert np.array_equal(
+            grid[2 : 2 + IMAGE_SIZE, x : x + IMAGE_SIZE], tensor_to_array(candidates.images[entry["candidate"]])
+        )
     assert json.loads(read_png_text(folder / "grid.png")["scores"]) == pytest.approx(scores)
 
     printed = capsys.readouterr().out
@@ -141,39 +169,63 @@ def test_without_rerank_clip_is_never_loaded(models, tmp_path, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large green triangle\n\n  a small yellow square  \n")
     out = tmp_path / "out"
-    main(["generate", "--prompts-file", str(prompts), "--gpt", str(models["gpt"]), "--keep", "2", "--out", str(out), "--cfg", "1"])
+    main(
+        [
+            "generate",
+            "--prompts-file",
+            str(prompts),
+            "--gpt",
+            str(models["gpt"]),
+            "--keep",
+            "2",
+            "--out",
+            str(out),
+            "--cfg",
+            "1",
+        ]
+    )
     assert sorted(p.name for p in out.iterdir()) == ["a-large-green-triangle", "a-small-yellow-square"]
     results = json.loads((out / "a-small-yellow-square" / "results.json").read_text())
     assert results["prompt"] == "a small yellow square" and results["checkpoints"]["clip"] is None
     assert [c["score"] for c in results["candidates"]] == [None, None]
     assert [c["candidate"] for c in results["candidates"]] == [0, 1]  # draw order
-    assert sorted(p.name for p in (out / "a-small-yellow-square").iterdir()) == ["01.png", "02.png", "grid.png", "results.json"]
+    assert sorted(p.name for p in (out / "a-small-yellow-square").iterdir()) == [
+        "01.png",
+        "02.png",
+        "grid.png",
+        "results.json",
+    ]
 
 
 def test_the_demo_models_are_used_when_asked(models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     written = generate.write_demo_models("runs/demo", vqgan=models["vqgan"], gpt=models["gpt"], clip=models["clip"])
     assert not Path(json.loads(written.read_text())["gpt"]).is_absolute()
-    assert {key: path.resolve() for key, path in generate.demo_models().items()} == {k: p.resolve() for k, p in models.items()}
+    assert {key: path.resolve() for key, path in generate.demo_models().items()} == {
+        k: p.resolve() for k, p in models.items()
+    }
     main(["generate", PROMPT, "--rerank", "2", "--keep", "1", "--demo-models"])
     results = json.loads((tmp_path / "runs" / "generate" / safe_name(PROMPT) / "results.json").read_text())
     assert results["checkpoints"]["gpt"]["path"] == str(models["gpt"].resolve())
     assert results["checkpoints"]["clip"]["sha256"] == file_sha256(models["clip"])
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("empty prompt", "prompt is empty"),
-    ("blank prompts file", "has no prompts"),
-    ("no prompt", "no prompt given"),
-    ("fewer candidates than kept", "--rerank 2 draws fewer candidates than --keep 3"),
-    ("missing gpt", "not found"),
-    ("not a checkpoint", "cannot be read as a `gpt-prior fit` checkpoint"),
-    ("missing clip", "no CLIP checkpoint"),
-    ("unknown clip", "unknown CLIP architecture"),
-    ("demo models asked, no demo run", "run `vqgan-clip demo --train`"),
-    ("bad sampling", "--top-p must be in (0, 1]"),
-    ("vqgan of another codebook", "pass the prior's own VQGAN with --vqgan"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("empty prompt", "prompt is empty"),
+        ("blank prompts file", "has no prompts"),
+        ("no prompt", "no prompt given"),
+        ("fewer candidates than kept", "--rerank 2 draws fewer candidates than --keep 3"),
+        ("missing gpt", "not found"),
+        ("not a checkpoint", "cannot be read as a `gpt-prior fit` checkpoint"),
+        ("missing clip", "no CLIP checkpoint"),
+        ("unknown clip", "unknown CLIP architecture"),
+        ("demo models asked, no demo run", "run `vqgan-clip demo --train`"),
+        ("bad sampling", "--top-p must be in (0, 1]"),
+        ("vqgan of another codebook", "pass the prior's own VQGAN with --vqgan"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, monkeypatch, case, expected):
     monkeypatch.chdir(tmp_path)  # no runs/demo here
     (tmp_path / "blank.txt").write_text("\n  \n")
@@ -195,7 +247,9 @@ def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, monkeypatch,
         "vqgan of another codebook": [PROMPT, "--gpt", gpt, "--vqgan", "other.safetensors"],
     }[case]
     with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the other VQGAN's sha256 differs from the prior's: warned, then refused
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # the other VQGAN's sha256 differs from the prior's: warned, then refused
         main(["generate", *args, "--out", "out"])
     message = str(exit_info.value.code)
     assert message.startswith("vqgan-clip generate: error:") and expected in message and "\n" not in message

@@ -1,4 +1,5 @@
 """GPT prior: caption BPE, the text+image transformer, and sampling (KV cache, CFG, top-k/top-p)."""
+
 import json
 import math
 import os
@@ -24,15 +25,15 @@ CAPTIONS = [
 TEXT_LEN = 12
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer() -> TextTokenizer:
     return train_tokenizer(CAPTIONS * 5, vocab_size=80)
 
 
 def tiny_config(**overrides) -> GPTConfig:
-    settings = dict(text_vocab_size=80, text_len=TEXT_LEN, image_vocab_size=16, image_grid=(4, 4),
-                    n_layer=2, n_head=2, n_embd=32)
+    settings = dict(
+        text_vocab_size=80, text_len=TEXT_LEN, image_vocab_size=16, image_grid=(4, 4), n_layer=2, n_head=2, n_embd=32
+    )
     return GPTConfig(**{**settings, **overrides})
 
 
@@ -101,8 +102,13 @@ def test_tokenizer_training_is_reproducible():
     first = train_tokenizer(captions, vocab_size=200).to_json()
     assert train_tokenizer(captions, vocab_size=200).to_json() == first
     elsewhere = subprocess.run(
-        [sys.executable, "-c", TRAIN_IN_A_SUBPROCESS], input=json.dumps(captions), capture_output=True,
-        text=True, encoding="utf-8", env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True,
+        [sys.executable, "-c", TRAIN_IN_A_SUBPROCESS],
+        input=json.dumps(captions),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        check=True,
     )
     assert elsewhere.stdout == first
 
@@ -220,8 +226,9 @@ def test_returned_logits_are_the_models_for_each_prompt_row(model, prompts):
 
 def test_guidance_scale_one_equals_conditional_sampling(model, prompts, empty):
     plain, plain_logits = sample(model, prompts, 3, generator=seeded(5), return_logits=True)
-    guided, guided_logits = sample(model, prompts, 3, generator=seeded(5), cfg_scale=1.0,
-                                   empty_text_tokens=empty, return_logits=True)
+    guided, guided_logits = sample(
+        model, prompts, 3, generator=seeded(5), cfg_scale=1.0, empty_text_tokens=empty, return_logits=True
+    )
     assert torch.allclose(guided_logits, plain_logits, atol=1e-5)
     assert torch.equal(guided, plain)
 
@@ -229,13 +236,17 @@ def test_guidance_scale_one_equals_conditional_sampling(model, prompts, empty):
 def test_guidance_mixes_intact_conditional_and_unconditional_streams(model, prompts, empty):
     # If a stream's caption were wiped or mixed up (DALLE-pytorch's in-place reset), the step logits
     # would not equal u + s·(c − u) of the teacher-forced conditional and unconditional passes.
-    codes, logits = sample(model, prompts, 2, generator=seeded(), cfg_scale=3.0, empty_text_tokens=empty,
-                           return_logits=True)
+    codes, logits = sample(
+        model, prompts, 2, generator=seeded(), cfg_scale=3.0, empty_text_tokens=empty, return_logits=True
+    )
     conditional = model(prompts.repeat_interleave(2, dim=0), codes).logits_img
     unconditional = model(empty.expand(4, -1), codes).logits_img
     assert torch.allclose(logits, unconditional + 3.0 * (conditional - unconditional), atol=1e-4)
-    assert torch.allclose(classifier_free_guidance(conditional, unconditional, 3.0),
-                          unconditional + 3.0 * (conditional - unconditional), atol=1e-6)
+    assert torch.allclose(
+        classifier_free_guidance(conditional, unconditional, 3.0),
+        unconditional + 3.0 * (conditional - unconditional),
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="empty_text_tokens"):
         sample(model, prompts, 1, generator=seeded(), cfg_scale=3.0)
 

@@ -1,4 +1,5 @@
 """`gpt-prior fit` on a tiny code-shard folder: data, logs, the checkpoint bundle, sampling, exact resume, errors."""
+
 import csv
 import hashlib
 import warnings
@@ -6,22 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from stage_configs import tiny_trainer, write_stage_config
 
 import gpt_prior
 from gpt_prior.checkpoint import resolve_vqgan
 from gpt_prior.cli import main
 from gpt_prior.data import CodeShardDataModule, keyed_generator
 from gpt_prior.lightning import GPTPriorModule, drop_captions
-from imagetext.training import WarmupCosine
 from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
+from imagetext.progress import PROGRESS_ENV, read_progress
 from imagetext.shapes import scene_at
-from stage_configs import tiny_trainer, write_stage_config
+from imagetext.training import WarmupCosine
 
 GRID = (4, 4)
 CODEBOOK = 16
 N_TRAIN, N_VAL, SHARD_SIZE = 32, 8, 12  # train: shards of 12, 12, 8 items
 LEARNING_RATE = 3e-3
-
 
 
 def item_captions(index: int) -> list[str]:
@@ -47,25 +48,43 @@ def make_code_folder(folder: Path) -> Path:
             shards.append({"file": path.relative_to(folder).as_posix(), "n": count})
         splits[split] = {"n": n, "shards": shards}
         first_index += n
-    write_manifest(folder, {
-        "vqgan": str(vqgan),
-        "vqgan_sha256": hashlib.sha256(vqgan.read_bytes()).hexdigest(),
-        "codebook_size": CODEBOOK,
-        "grid": list(GRID),
-        "image_size": 16,
-        "data": "test",
-        "splits": splits,
-    })
+    write_manifest(
+        folder,
+        {
+            "vqgan": str(vqgan),
+            "vqgan_sha256": hashlib.sha256(vqgan.read_bytes()).hexdigest(),
+            "codebook_size": CODEBOOK,
+            "grid": list(GRID),
+            "image_size": 16,
+            "data": "test",
+            "splits": splits,
+        },
+    )
     return folder
 
 
-def write_config(tmp_path: Path, codes: Path, name: str = "tiny.yaml", callbacks: tuple[dict, ...] = (), num_workers: int = 0,
-                 **model) -> Path:
+def write_config(
+    tmp_path: Path,
+    codes: Path,
+    name: str = "tiny.yaml",
+    callbacks: tuple[dict, ...] = (),
+    num_workers: int = 0,
+    **model,
+) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": tiny_trainer(*callbacks, limit_val_batches=1, gradient_clip_val=1.0),
-        "model": {"text_len": 24, "vocab_size": 256, "n_layer": 2, "n_head": 2, "n_embd": 32,
-                  "learning_rate": LEARNING_RATE, "warmup_steps": 2, "min_lr_ratio": 0.1, **model},
+        "model": {
+            "text_len": 24,
+            "vocab_size": 256,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_embd": 32,
+            "learning_rate": LEARNING_RATE,
+            "warmup_steps": 2,
+            "min_lr_ratio": 0.1,
+            **model,
+        },
         "data": {"codes": str(codes), "batch_size": 8, "num_workers": num_workers},
     }
     return write_stage_config(config, tmp_path, name)
@@ -81,10 +100,13 @@ def fitted(tmp_path_factory) -> dict:
     """One `gpt-prior fit` of 4 steps, shared by the tests that read its outputs."""
     tmp_path = tmp_path_factory.mktemp("fit")
     codes = make_code_folder(tmp_path / "codes")
-    # The config names a folder that does not exist; the command line's --data.codes must set the model's too.
-    main(["fit", "-c", str(write_config(tmp_path, tmp_path / "no-codes")), "--data.codes", str(codes)])
+    progress = tmp_path / "progress.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PROGRESS_ENV, str(progress))
+        # The config names a folder that does not exist; the command line's --data.codes must set the model's too.
+        main(["fit", "-c", str(write_config(tmp_path, tmp_path / "no-codes")), "--data.codes", str(codes)])
     run = tmp_path / "logs" / "version_0"
-    return {"codes": codes, "run": run, "checkpoint": run / "checkpoints" / "last.ckpt"}
+    return {"codes": codes, "run": run, "checkpoint": run / "checkpoints" / "last.ckpt", "progress": progress}
 
 
 # ---------------------------------------------------------------- data
@@ -95,7 +117,7 @@ def test_code_shard_batches_and_caption_draws(tmp_path):
     data = CodeShardDataModule(str(codes_folder), batch_size=N_TRAIN, seed=3)
     data.setup("fit")
     shard_codes, shard_captions = read_code_shard(codes_folder / "train" / "codes-000001.safetensors")
-    assert torch.equal(data.train_set.codes[SHARD_SIZE:2 * SHARD_SIZE].long(), shard_codes)  # shards in order
+    assert torch.equal(data.train_set.codes[SHARD_SIZE : 2 * SHARD_SIZE].long(), shard_codes)  # shards in order
 
     val = next(iter(data.val_dataloader()))
     assert val["codes"].dtype == torch.long and val["codes"].shape == (N_VAL, *GRID)
@@ -108,7 +130,9 @@ def test_code_shard_batches_and_caption_draws(tmp_path):
         return next(iter(loader))
 
     first, again, second = epoch_batch(0), epoch_batch(0), epoch_batch(1)
-    assert torch.equal(first["codes"], again["codes"]) and first["caption"] == again["caption"]  # a function of (seed, epoch)
+    assert (
+        torch.equal(first["codes"], again["codes"]) and first["caption"] == again["caption"]
+    )  # a function of (seed, epoch)
     order = [data.train_set.codes.long().flatten(1).eq(row.flatten()).all(1).nonzero().item() for row in first["codes"]]
     assert sorted(order) == list(range(N_TRAIN)) and order != list(range(N_TRAIN))  # one shuffled pass
     for index, caption in zip(order, first["caption"]):
@@ -154,6 +178,13 @@ def test_fit_logs_both_losses_and_follows_the_schedule(fitted):
     assert lrs == pytest.approx([LEARNING_RATE * f for f in (0.5, 1.0, 1.0, 0.55)])
 
 
+def test_fit_reports_its_steps_and_bar_metrics_to_the_progress_file(fitted):
+    status = read_progress(fitted["progress"])
+    assert status["task"] == "fit" and status["step"] == status["total"] == 4
+    assert status["eta"] == 0 and status["elapsed"] > 0
+    assert set(status["metrics"]) == {"loss"} and status["metrics"]["loss"] > 0
+
+
 def test_checkpoint_alone_loads_and_samples(fitted):
     bundle = gpt_prior.load(fitted["checkpoint"])
     assert not bundle.model.training
@@ -166,8 +197,15 @@ def test_checkpoint_alone_loads_and_samples(fitted):
     assert torch.equal(bundle.model.image_head.weight, state["model.image_head.weight"])
 
     prompts = bundle.text_tokens(["a small red circle", "a large blue square above a small green triangle"])
-    codes = gpt_prior.sample(bundle.model, prompts, 3, top_k=8, cfg_scale=2.0, empty_text_tokens=bundle.text_tokens([""]),
-                             generator=torch.Generator().manual_seed(0))
+    codes = gpt_prior.sample(
+        bundle.model,
+        prompts,
+        3,
+        top_k=8,
+        cfg_scale=2.0,
+        empty_text_tokens=bundle.text_tokens([""]),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert codes.shape == (6, *GRID) and codes.dtype == torch.long
     assert codes.min() >= 0 and codes.max() < CODEBOOK
 
@@ -203,16 +241,27 @@ def test_resume_continues_exactly(tmp_path):
 
     # The same 2-epoch run, interrupted after its first epoch (early stopping fires at once) and resumed.
     # Each half trains its own tokenizer from the captions: it must come out the straight run's.
-    stop_now = {"class_path": "pytorch_lightning.callbacks.EarlyStopping",
-                "init_args": {"monitor": "val/loss", "stopping_threshold": 1.0e9}}
+    stop_now = {
+        "class_path": "pytorch_lightning.callbacks.EarlyStopping",
+        "init_args": {"monitor": "val/loss", "stopping_threshold": 1.0e9},
+    }
     interrupted = write_config(tmp_path, codes, "interrupted.yaml", callbacks=(stop_now,), num_workers=1)
     main(["fit", "-c", str(interrupted), "--trainer.max_epochs", "2"])
     first_half = torch.load(tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert first_half["global_step"] == 4
 
     resumed_config = write_config(tmp_path, codes, "resumed.yaml", num_workers=1)
-    main(["fit", "-c", str(resumed_config), "--trainer.max_epochs", "2",
-          "--ckpt_path", str(tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt")])
+    main(
+        [
+            "fit",
+            "-c",
+            str(resumed_config),
+            "--trainer.max_epochs",
+            "2",
+            "--ckpt_path",
+            str(tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt"),
+        ]
+    )
     resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
 
     assert resumed["global_step"] == straight["global_step"] == 8

@@ -1,5 +1,6 @@
 """VQGAN-CLIP optimisation: prompts and their losses, cutouts, the straight-through latent, the loop, and
 `vqgan-clip optimize` end to end on tiny checkpoints made here (random weights; nothing downloaded)."""
+
 import argparse
 import json
 import math
@@ -38,11 +39,26 @@ from vqgan_clip import optimize_command
 from vqgan_clip.generate import write_demo_models
 from vqgan_clip.optimize_command import add_arguments, run
 
-TINY_DDCONFIG = dict(ch=32, out_ch=3, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0,
-                     resamp_with_conv=True, in_channels=3, resolution=16, z_channels=16, double_z=False)
+TINY_DDCONFIG = dict(
+    ch=32,
+    out_ch=3,
+    ch_mult=[1, 2],
+    num_res_blocks=1,
+    attn_resolutions=[],
+    dropout=0.0,
+    resamp_with_conv=True,
+    in_channels=3,
+    resolution=16,
+    z_channels=16,
+    double_z=False,
+)
 # A cosine codebook with a factorised lookup, as the emoji VQGAN has: the hardest case for "nearest code".
-TINY_VQGAN = {"ddconfig": TINY_DDCONFIG, "embed_dim": 8, "n_embed": 16,
-              "quantizer": {"l2_normalize": True, "codebook_dim": 4}}
+TINY_VQGAN = {
+    "ddconfig": TINY_DDCONFIG,
+    "embed_dim": 8,
+    "n_embed": 16,
+    "quantizer": {"l2_normalize": True, "codebook_dim": 4},
+}
 MICRO_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 32, "patch_size": 4},
@@ -74,8 +90,9 @@ def checkpoints(tmp_path_factory, tiny_vqgan, scorer) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
     return {
         "vqgan": vqgan.export_bundle(tiny_vqgan, folder / "vqgan.safetensors"),
-        "clip": clip_rerank.save_checkpoint(scorer.model, "clip-optimize-micro", folder / "clip.safetensors",
-                                            model_config=MICRO_CLIP),
+        "clip": clip_rerank.save_checkpoint(
+            scorer.model, "clip-optimize-micro", folder / "clip.safetensors", model_config=MICRO_CLIP
+        ),
     }
 
 
@@ -93,8 +110,19 @@ def cli(*argv: str) -> argparse.Namespace:
 def cli_run(checkpoints, out: Path, *argv: str) -> Path:
     """Run `vqgan-clip optimize` on the tiny checkpoints; returns the one run folder it made."""
     before = set(out.iterdir()) if out.exists() else set()
-    run(cli(*argv, "--vqgan", str(checkpoints["vqgan"]), "--clip", str(checkpoints["clip"]), "--out", str(out),
-            "--device", "cpu"))
+    run(
+        cli(
+            *argv,
+            "--vqgan",
+            str(checkpoints["vqgan"]),
+            "--clip",
+            str(checkpoints["clip"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        )
+    )
     (folder,) = set(out.iterdir()) - before
     return folder
 
@@ -105,7 +133,10 @@ def cli_run(checkpoints, out: Path, *argv: str) -> Path:
 def test_prompts_parse_weights_negatives_and_stops():
     assert parse_prompts("a red circle") == [TextPrompt("a red circle", 1.0, None)]
     assert parse_prompts("a red circle:2|a blue square:-0.5|a green triangle:1:0.8") == [
-        TextPrompt("a red circle", 2.0), TextPrompt("a blue square", -0.5), TextPrompt("a green triangle", 1.0, 0.8)]
+        TextPrompt("a red circle", 2.0),
+        TextPrompt("a blue square", -0.5),
+        TextPrompt("a green triangle", 1.0, 0.8),
+    ]
     assert parse_image_prompt("cat.png:0.5:-1") == ImagePrompt(Path("cat.png"), 0.5, -1.0)
     assert parse_noise_prompt("7:-0.25") == NoisePrompt(7, -0.25)
 
@@ -116,15 +147,18 @@ def test_an_existing_image_path_with_a_colon_is_taken_whole(tmp_path):
     assert parse_image_prompt(str(path)) == ImagePrompt(path)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("", "the prompt is empty"),
-    ("a red circle|", "empty prompt between '|'"),
-    ("a red circle:heavy", "weight 'heavy' in 'a red circle:heavy' is not a number"),
-    ("a red circle:1:soon", "stop 'soon' in 'a red circle:1:soon' is not a number"),
-    (":2", "has nothing before its weight"),
-    ("a red circle:0", "must be a finite non-zero number"),
-    ("a red circle:nan", "is NaN"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "the prompt is empty"),
+        ("a red circle|", "empty prompt between '|'"),
+        ("a red circle:heavy", "weight 'heavy' in 'a red circle:heavy' is not a number"),
+        ("a red circle:1:soon", "stop 'soon' in 'a red circle:1:soon' is not a number"),
+        (":2", "has nothing before its weight"),
+        ("a red circle:0", "must be a finite non-zero number"),
+        ("a red circle:nan", "is NaN"),
+    ],
+)
 def test_bad_prompt_syntax_is_a_one_line_error_naming_the_fix(spec, message):
     with pytest.raises(ValueError, match=re.escape(message)) as raised:
         parse_prompts(spec)
@@ -141,7 +175,7 @@ def test_noise_prompt_seed_must_be_an_integer():
 def test_spherical_distance_is_half_the_squared_angle():
     a = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-2.0, 0.0]])
     distances = spherical_distance(a, torch.tensor([[5.0, 0.0]]))[:, 0]
-    assert torch.allclose(distances, torch.tensor([0.0, (math.pi / 2) ** 2 / 2, math.pi ** 2 / 2]), atol=1e-4)
+    assert torch.allclose(distances, torch.tensor([0.0, (math.pi / 2) ** 2 / 2, math.pi**2 / 2]), atol=1e-4)
 
 
 def test_negative_weights_repel_and_a_met_stop_passes_no_gradient():
@@ -245,8 +279,9 @@ def test_a_keyboard_interrupt_still_returns_the_current_image(tiny_vqgan, scorer
         if info.step == 2:
             raise KeyboardInterrupt
 
-    result = optimize(tiny_vqgan, scorer, parse_prompts("a red circle"), settings(iterations=50),
-                      callback=interrupt_at_step_two)
+    result = optimize(
+        tiny_vqgan, scorer, parse_prompts("a red circle"), settings(iterations=50), callback=interrupt_at_step_two
+    )
     assert result.interrupted and len(result.losses) == 3
     assert result.image.shape == (3, 16, 16)
 
@@ -275,8 +310,22 @@ def test_image_prompts_embed_their_views(tiny_vqgan, scorer, tmp_path):
 
 def test_cli_writes_image_frames_video_and_run_json_without_overwriting(checkpoints, tmp_path, capsys):
     out = tmp_path / "runs"
-    folder = cli_run(checkpoints, out, "a red circle:1|a blue square:-0.5", "--iterations", "3", "--cutn", "2",
-                     "--seed", "4", "--save-every", "1", "--video", "--noise-prompt", "1:0.1")
+    folder = cli_run(
+        checkpoints,
+        out,
+        "a red circle:1|a blue square:-0.5",
+        "--iterations",
+        "3",
+        "--cutn",
+        "2",
+        "--seed",
+        "4",
+        "--save-every",
+        "1",
+        "--video",
+        "--noise-prompt",
+        "1:0.1",
+    )
     assert folder.name == "a-red-circle-1-a-blue-square-0-5"
     record = json.loads((folder / "run.json").read_text())
     assert record["prompt"] == "a red circle:1|a blue square:-0.5" and record["seed"] == 4
@@ -291,7 +340,9 @@ def test_cli_writes_image_frames_video_and_run_json_without_overwriting(checkpoi
     videos = list(folder.glob("video.*"))
     assert len(videos) == 1 and videos[0].stat().st_size > 0
     said = capsys.readouterr().out
-    assert ("(ffmpeg)" in said) == (videos[0].suffix == ".mp4") and ("Pillow GIF" in said) == (videos[0].suffix == ".gif")
+    assert ("(ffmpeg)" in said) == (videos[0].suffix == ".mp4") and ("Pillow GIF" in said) == (
+        videos[0].suffix == ".gif"
+    )
 
     again = cli_run(checkpoints, out, "a red circle:1|a blue square:-0.5", "--iterations", "1", "--cutn", "2")
     assert again.name == folder.name + "-2" and (folder / "final.png").is_file()
@@ -318,15 +369,18 @@ def test_video_without_ffmpeg_or_when_it_fails_is_a_gif(tmp_path, monkeypatch, c
 
 
 def test_cli_same_seed_same_png(checkpoints, tmp_path):
-    runs = [cli_run(checkpoints, tmp_path / "runs", "a red circle", "--iterations", "2", "--cutn", "2", "--seed", "9")
-            for _ in range(2)]
+    runs = [
+        cli_run(checkpoints, tmp_path / "runs", "a red circle", "--iterations", "2", "--cutn", "2", "--seed", "9")
+        for _ in range(2)
+    ]
     first, second = (pil_to_tensor(open_rgb(folder / "final.png")) for folder in runs)
     assert torch.equal(first, second)
 
 
 def test_cli_rounds_a_size_the_vqgan_cannot_take_with_a_notice(checkpoints, tmp_path, capsys):
-    folder = cli_run(checkpoints, tmp_path / "runs", "a red circle", "--iterations", "1", "--cutn", "2",
-                     "--size", "19", "14")
+    folder = cli_run(
+        checkpoints, tmp_path / "runs", "a red circle", "--iterations", "1", "--cutn", "2", "--size", "19", "14"
+    )
     assert "--size 19 14 is not a multiple of the VQGAN's downsample factor 2; using 20 14" in capsys.readouterr().out
     assert open_rgb(folder / "final.png").size == (20, 14)
 
@@ -351,8 +405,19 @@ def test_cli_ctrl_c_still_writes_the_image_and_run_json(checkpoints, tmp_path, m
 def test_cli_starts_from_an_init_image(checkpoints, tiny_vqgan, tmp_path):
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     path = save_png(image, tmp_path / "start.png")
-    folder = cli_run(checkpoints, tmp_path / "runs", "a red circle", "--init-image", str(path), "--iterations", "1",
-                     "--cutn", "2", "--lr", "1e-9")
+    folder = cli_run(
+        checkpoints,
+        tmp_path / "runs",
+        "a red circle",
+        "--init-image",
+        str(path),
+        "--iterations",
+        "1",
+        "--cutn",
+        "2",
+        "--lr",
+        "1e-9",
+    )
     record = json.loads((folder / "run.json").read_text())
     expected = tiny_vqgan.encode_codes(pil_to_tensor(open_rgb(path))[None])[0]
     assert record["init"] == "image" and torch.equal(torch.tensor(record["codes"]), expected)
@@ -360,25 +425,59 @@ def test_cli_starts_from_an_init_image(checkpoints, tiny_vqgan, tmp_path):
 
 def test_cli_starts_from_a_gpt_prior_sample(checkpoints, tmp_path):
     tokenizer = gpt_prior.train_tokenizer(["a red circle", "a blue square"], vocab_size=64)
-    config = GPTConfig(text_vocab_size=tokenizer.vocab_size, text_len=8, image_vocab_size=16, image_grid=(4, 4),
-                       n_layer=1, n_head=2, n_embd=32)
+    config = GPTConfig(
+        text_vocab_size=tokenizer.vocab_size,
+        text_len=8,
+        image_vocab_size=16,
+        image_grid=(4, 4),
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+    )
     torch.manual_seed(0)
     model = GPT(config)
     path = tmp_path / "gpt.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                CHECKPOINT_KEY: {"config": asdict(config) | {"image_grid": list(config.image_grid)},
-                                 "tokenizer": tokenizer.to_json(), "vqgan": str(checkpoints["vqgan"]),
-                                 "vqgan_sha256": file_sha256(checkpoints["vqgan"])}}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            CHECKPOINT_KEY: {
+                "config": asdict(config) | {"image_grid": list(config.image_grid)},
+                "tokenizer": tokenizer.to_json(),
+                "vqgan": str(checkpoints["vqgan"]),
+                "vqgan_sha256": file_sha256(checkpoints["vqgan"]),
+            },
+        },
+        path,
+    )
     # No --vqgan: the prior's own VQGAN is used. The size follows its 4×4 grid: 8×8 pixels.
-    args = cli("a red circle", "--init", "gpt", "--gpt", str(path), "--clip", str(checkpoints["clip"]),
-               "--iterations", "1", "--cutn", "2", "--lr", "1e-9", "--seed", "3", "--out", str(tmp_path / "runs"),
-               "--device", "cpu")
+    args = cli(
+        "a red circle",
+        "--init",
+        "gpt",
+        "--gpt",
+        str(path),
+        "--clip",
+        str(checkpoints["clip"]),
+        "--iterations",
+        "1",
+        "--cutn",
+        "2",
+        "--lr",
+        "1e-9",
+        "--seed",
+        "3",
+        "--out",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+    )
     run(args)
     (folder,) = (tmp_path / "runs").iterdir()
     record = json.loads((folder / "run.json").read_text())
     bundle = gpt_prior.load(path)
-    expected = gpt_prior.sample(bundle.model, bundle.text_tokens(["a red circle"]), 1,
-                                generator=torch.Generator().manual_seed(3))[0]
+    expected = gpt_prior.sample(
+        bundle.model, bundle.text_tokens(["a red circle"]), 1, generator=torch.Generator().manual_seed(3)
+    )[0]
     assert record["init"] == "gpt" and record["models"]["gpt"] == str(path)
     assert record["models"]["vqgan"] == str(checkpoints["vqgan"])
     assert torch.equal(torch.tensor(record["codes"]), expected)
@@ -389,15 +488,35 @@ def test_cli_loads_a_taming_vqgan(checkpoints, tmp_path):
     torch.manual_seed(0)
     taming_vqgan = vqgan.VQGAN({**TINY_VQGAN, "quantizer": {}})  # taming's plain VQ codebook
     torch.save({"state_dict": taming_vqgan.state_dict()}, tmp_path / "last.ckpt")
-    config = {"model": {"target": "taming.models.vqgan.VQModel",
-                        "params": {"embed_dim": 8, "n_embed": 16, "ddconfig": TINY_DDCONFIG}}}
+    config = {
+        "model": {
+            "target": "taming.models.vqgan.VQModel",
+            "params": {"embed_dim": 8, "n_embed": 16, "ddconfig": TINY_DDCONFIG},
+        }
+    }
     (tmp_path / "model.yaml").write_text(json.dumps(config))  # JSON is YAML
-    args = cli("a red circle", "--vqgan-config", str(tmp_path / "model.yaml"), "--vqgan-checkpoint",
-               str(tmp_path / "last.ckpt"), "--clip", str(checkpoints["clip"]), "--iterations", "1", "--cutn", "2",
-               "--out", str(tmp_path / "runs"), "--device", "cpu")
+    args = cli(
+        "a red circle",
+        "--vqgan-config",
+        str(tmp_path / "model.yaml"),
+        "--vqgan-checkpoint",
+        str(tmp_path / "last.ckpt"),
+        "--clip",
+        str(checkpoints["clip"]),
+        "--iterations",
+        "1",
+        "--cutn",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+    )
     run(args)
     (folder,) = (tmp_path / "runs").iterdir()
-    assert json.loads((folder / "run.json").read_text())["models"]["vqgan"].endswith("model.yaml + " + str(tmp_path / "last.ckpt"))
+    assert json.loads((folder / "run.json").read_text())["models"]["vqgan"].endswith(
+        "model.yaml + " + str(tmp_path / "last.ckpt")
+    )
 
 
 def test_cli_demo_models_are_used_when_asked(checkpoints, tmp_path, monkeypatch):
@@ -408,16 +527,21 @@ def test_cli_demo_models_are_used_when_asked(checkpoints, tmp_path, monkeypatch)
     write_demo_models("runs/demo", vqgan=checkpoints["vqgan"], clip=checkpoints["clip"], gpt=checkpoints["vqgan"])
     run(args)
     (folder,) = (tmp_path / "runs" / "optimize").iterdir()
-    assert Path(json.loads((folder / "run.json").read_text())["models"]["clip"]).resolve() == checkpoints["clip"].resolve()
+    assert (
+        Path(json.loads((folder / "run.json").read_text())["models"]["clip"]).resolve() == checkpoints["clip"].resolve()
+    )
 
 
-@pytest.mark.parametrize("argv, error, message", [
-    (["a:b"], ValueError, "weight 'b' in 'a:b' is not a number"),
-    (["x", "--init", "image"], ValueError, "--init image needs --init-image PATH"),
-    (["x", "--init-image", "missing.png"], FileNotFoundError, "--init-image missing.png not found"),
-    (["x", "--vqgan-config", "model.yaml"], ValueError, "needs both --vqgan-config and --vqgan-checkpoint"),
-    (["x", "--size", "0", "16"], ValueError, "give a positive width and height"),
-])
+@pytest.mark.parametrize(
+    "argv, error, message",
+    [
+        (["a:b"], ValueError, "weight 'b' in 'a:b' is not a number"),
+        (["x", "--init", "image"], ValueError, "--init image needs --init-image PATH"),
+        (["x", "--init-image", "missing.png"], FileNotFoundError, "--init-image missing.png not found"),
+        (["x", "--vqgan-config", "model.yaml"], ValueError, "needs both --vqgan-config and --vqgan-checkpoint"),
+        (["x", "--size", "0", "16"], ValueError, "give a positive width and height"),
+    ],
+)
 def test_cli_bad_input_is_a_one_line_error(checkpoints, tmp_path, argv, error, message):
     with pytest.raises(error, match=re.escape(message)) as raised:
         cli_run(checkpoints, tmp_path / "runs", *argv)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from imagetext.images import array_to_tensor
 from imagetext.describe import describe, matches, scene_errors, scene_key, scene_matches
+from imagetext.images import array_to_tensor
 from imagetext.shapes import (
     COLORS,
     NOVEL_PAIRS,

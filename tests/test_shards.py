@@ -1,4 +1,5 @@
 """WebDataset shards: write -> read round trip, node and worker splits, spec expansion, bad data."""
+
 from __future__ import annotations
 
 import io
@@ -29,7 +30,9 @@ def make_records(count: int, tag: str = "r") -> list[ShardRecord]:
 
 def write_four_shards(tmp_path):
     """4 shards × 3 records; the key says which shard a record is in (s2_001 is record 1 of shard 2)."""
-    records = [ShardRecord(f"s{s}_{i:03d}", encoded_image(10 * s + i), "png", [f"c{s}{i}"]) for s in range(4) for i in range(3)]
+    records = [
+        ShardRecord(f"s{s}_{i:03d}", encoded_image(10 * s + i), "png", [f"c{s}{i}"]) for s in range(4) for i in range(3)
+    ]
     return write_shards(records, tmp_path / "shards", shard_size=3)
 
 
@@ -68,7 +71,14 @@ def test_reads_img2dataset_layout(tmp_path):
     """img2dataset writes key.jpg + key.txt (one caption, no newline) + key.json."""
     path = tmp_path / "00000.tar"
     with TarWriter(str(path), encoder=False) as tar:
-        tar.write({"__key__": "000000000", "jpg": encoded_image(3, 24, "jpg"), "txt": b"a photo", "json": b'{"status": "success"}'})
+        tar.write(
+            {
+                "__key__": "000000000",
+                "jpg": encoded_image(3, 24, "jpg"),
+                "txt": b"a photo",
+                "json": b'{"status": "success"}',
+            }
+        )
     (sample,) = list(ShardDataset(str(path), image_size=16))
     assert (sample["key"], sample["caption"], sample["image"].shape) == ("000000000", "a photo", (3, 16, 16))
 

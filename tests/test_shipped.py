@@ -1,15 +1,16 @@
 """Shipped models by short name: lookup, the card's sha256 check, the GPT prior bundle, `vqgan-clip export`."""
+
 import json
 
 import pytest
 import torch
+from test_generate import PROMPT, make_tiny_models
 
 import clip_rerank
 import gpt_prior
 import vqgan
 from imagetext import shipped
 from imagetext.files import file_sha256
-from test_generate import PROMPT, make_tiny_models
 from vqgan_clip.cli import main
 
 
@@ -29,8 +30,21 @@ def write_card(bundle):
 
 def test_export_writes_bundles_that_load_by_short_name(shipped_folder, tmp_path, capsys):
     models = make_tiny_models(tmp_path / "models")
-    main(["export", "--vqgan", str(models["vqgan"]), "--gpt", str(models["gpt"]), "--clip", str(models["clip"]),
-          "--name", "tiny", "--out", str(shipped_folder)])
+    main(
+        [
+            "export",
+            "--vqgan",
+            str(models["vqgan"]),
+            "--gpt",
+            str(models["gpt"]),
+            "--clip",
+            str(models["clip"]),
+            "--name",
+            "tiny",
+            "--out",
+            str(shipped_folder),
+        ]
+    )
     printed = capsys.readouterr().out
     for stage in shipped.STAGES:
         bundle = shipped_folder / stage / "tiny.safetensors"
@@ -40,7 +54,9 @@ def test_export_writes_bundles_that_load_by_short_name(shipped_folder, tmp_path,
         assert shipped.shipped_names(stage) == ["tiny"]
 
     prior, original = gpt_prior.load("tiny"), gpt_prior.load(models["gpt"])
-    assert prior.vqgan_path == "tiny" and prior.vqgan_sha256 == file_sha256(shipped_folder / "vqgan" / "tiny.safetensors")
+    assert prior.vqgan_path == "tiny" and prior.vqgan_sha256 == file_sha256(
+        shipped_folder / "vqgan" / "tiny.safetensors"
+    )
     assert gpt_prior.checkpoint.resolve_vqgan(prior) == shipped_folder / "vqgan" / "tiny.safetensors"
     text = prior.text_tokens([PROMPT])
     assert torch.equal(text, original.text_tokens([PROMPT]))
@@ -49,9 +65,26 @@ def test_export_writes_bundles_that_load_by_short_name(shipped_folder, tmp_path,
 
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(vqgan.load("tiny").encode_codes(images), vqgan.load(models["vqgan"]).encode_codes(images))
-    assert torch.allclose(clip_rerank.load("tiny").encode_images(images), clip_rerank.load(models["clip"]).encode_images(images))
+    assert torch.allclose(
+        clip_rerank.load("tiny").encode_images(images), clip_rerank.load(models["clip"]).encode_images(images)
+    )
 
-    main(["generate", PROMPT, "--rerank", "2", "--keep", "1", "--gpt", "tiny", "--clip", "tiny", "--out", str(tmp_path / "gen")])
+    main(
+        [
+            "generate",
+            PROMPT,
+            "--rerank",
+            "2",
+            "--keep",
+            "1",
+            "--gpt",
+            "tiny",
+            "--clip",
+            "tiny",
+            "--out",
+            str(tmp_path / "gen"),
+        ]
+    )
     results = json.loads(next((tmp_path / "gen").iterdir()).joinpath("results.json").read_text())
     assert results["checkpoints"]["clip"]["sha256"] == file_sha256(shipped_folder / "clip_rerank" / "tiny.safetensors")
     assert results["checkpoints"]["vqgan"]["sha256"] == prior.vqgan_sha256

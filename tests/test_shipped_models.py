@@ -1,4 +1,5 @@
 """The shipped shapes models reach the accuracy their card states, on a fixed caption set (about a minute)."""
+
 import math
 import re
 
@@ -9,7 +10,9 @@ from imagetext.shipped import shipped_dir
 from vqgan_clip.evaluate import evaluate_set, shapes_caption_sets
 from vqgan_clip.generate import SamplingSettings, load_models, sample_images
 
-CARD_CHECK = re.compile(r"test check: held-out top-1 of (\d+) candidates over the first (\d+) captions, seed (\d+): ([0-9.]+)")
+CARD_CHECK = re.compile(
+    r"test check: held-out top-1 of (\d+) candidates over the first (\d+) captions, seed (\d+): ([0-9.]+)"
+)
 
 
 @pytest.mark.slow
@@ -18,12 +21,18 @@ def test_the_shipped_models_reach_their_cards_accuracy():
     n_candidates, n_captions, seed, stated = CARD_CHECK.search(card).groups()
     n_candidates, n_captions, seed, stated = int(n_candidates), int(n_captions), int(seed), float(stated)
     models = load_models("shapes", clip="shapes")
-    sampling = SamplingSettings(**{key: value for key, value in models.prior.sampling.items() if key != "batch_size"},
-                                batch_size=n_candidates)
+    sampling = SamplingSettings(
+        **{key: value for key, value in models.prior.sampling.items() if key != "batch_size"}, batch_size=n_candidates
+    )
     generator = torch.Generator().manual_seed(seed)
     held_out = shapes_caption_sets(n_captions, 32)[0]
-    result = evaluate_set(held_out, lambda captions, n: sample_images(models, captions, n, sampling, generator, progress=False),
-                          models.scorer, models.vqgan, n_candidates)
+    result = evaluate_set(
+        held_out,
+        lambda captions, n: sample_images(models, captions, n, sampling, generator, progress=False),
+        models.scorer,
+        models.vqgan,
+        n_candidates,
+    )
     measured = result.figures["attribute_accuracy"]["reranked_top1"]
     # The draws are seeded, so this machine repeats the card's figure; other CPUs round differently and
     # may draw other codes: allow three standard errors of a proportion over n_captions.

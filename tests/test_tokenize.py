@@ -1,5 +1,5 @@
 """`vqgan-clip tokenize`: code shards from a VQGAN bundle, their manifest, resume, and bad input."""
-import json
+
 import subprocess
 import sys
 
@@ -7,15 +7,22 @@ import pytest
 import torch
 
 import vqgan
-from imagetext.datamodule import ImageTextDataModule
 from imagetext.code_shards import read_code_shard, read_manifest
+from imagetext.datamodule import ImageTextDataModule
 from imagetext.shapes import write_shapes_folder
 from vqgan_clip.cli import main
 
 TINY_VQGAN = {
     "embed_dim": 8,
     "n_embed": 32,
-    "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "resolution": 16, "z_channels": 8},
+    "ddconfig": {
+        "ch": 32,
+        "ch_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "resolution": 16,
+        "z_channels": 8,
+    },
 }
 
 
@@ -28,7 +35,21 @@ def bundle(tmp_path):
 def test_folder_to_code_shards_with_manifest(tmp_path, bundle):
     folder = write_shapes_folder(tmp_path / "shapes", n=20, image_size=16)
     out = tmp_path / "codes"
-    main(["tokenize", "--vqgan", str(bundle), "--data", str(folder), "--out", str(out), "--shard-size", "8", "--batch-size", "5"])
+    main(
+        [
+            "tokenize",
+            "--vqgan",
+            str(bundle),
+            "--data",
+            str(folder),
+            "--out",
+            str(out),
+            "--shard-size",
+            "8",
+            "--batch-size",
+            "5",
+        ]
+    )
     manifest = read_manifest(out)
     assert manifest["grid"] == [8, 8] and manifest["codebook_size"] == 32 and manifest["image_size"] == 16
     assert manifest["splits"]["train"]["n"] + manifest["splits"]["val"]["n"] == 20
@@ -64,8 +85,22 @@ def test_resume_keeps_finished_shards(tmp_path, bundle):
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path, bundle):
-    result = subprocess.run([sys.executable, "-m", "vqgan_clip", "tokenize", "--vqgan", str(tmp_path / "none.ckpt"),
-                             "--data", str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vqgan_clip",
+            "tokenize",
+            "--vqgan",
+            str(tmp_path / "none.ckpt"),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "VQGAN checkpoint" in result.stderr and result.stderr.count("\n") == 1
     with pytest.raises(FileNotFoundError, match="not a finished code-shard folder"):
         read_manifest(tmp_path / "o")

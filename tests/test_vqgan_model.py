@@ -1,5 +1,6 @@
 """VQGAN model half: taming-compatible layout and loading, quantisers, codebook statistics, PatchGAN
 losses and the LPIPS loss. Tiny models only; nothing is downloaded."""
+
 import argparse
 import math
 import sys
@@ -22,8 +23,19 @@ from vqgan.perceptual import LPIPSLoss
 from vqgan.quantize import CodebookUsage, GumbelQuantizer, VectorQuantizer, codebook_usage, perplexity
 from vqgan.taming import from_taming
 
-TINY_DDCONFIG = dict(ch=32, out_ch=3, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], dropout=0.0,
-                     resamp_with_conv=True, in_channels=3, resolution=16, z_channels=16, double_z=False)
+TINY_DDCONFIG = dict(
+    ch=32,
+    out_ch=3,
+    ch_mult=[1, 2],
+    num_res_blocks=1,
+    attn_resolutions=[8],
+    dropout=0.0,
+    resamp_with_conv=True,
+    in_channels=3,
+    resolution=16,
+    z_channels=16,
+    double_z=False,
+)
 TINY = {"ddconfig": TINY_DDCONFIG, "embed_dim": 8, "n_embed": 16}
 
 
@@ -38,6 +50,7 @@ def tiny_model(**quantizer) -> VQGAN:
 
 # --- taming's key layout, written out from taming's naming (not from this project's modules) ---
 
+
 def conv(name, cout, cin, k):
     return {f"{name}.weight": (cout, cin, k, k), f"{name}.bias": (cout,)}
 
@@ -47,8 +60,12 @@ def norm(name, c):
 
 
 def resnet(name, cin, cout):
-    keys = {**norm(f"{name}.norm1", cin), **conv(f"{name}.conv1", cout, cin, 3),
-            **norm(f"{name}.norm2", cout), **conv(f"{name}.conv2", cout, cout, 3)}
+    keys = {
+        **norm(f"{name}.norm1", cin),
+        **conv(f"{name}.conv1", cout, cin, 3),
+        **norm(f"{name}.norm2", cout),
+        **conv(f"{name}.conv2", cout, cout, 3),
+    }
     if cin != cout:
         keys.update(conv(f"{name}.nin_shortcut", cout, cin, 1))
     return keys
@@ -95,17 +112,32 @@ def taming_tiny_layout() -> dict[str, tuple]:
 
 def taming_discriminator_layout(ndf: int = 8) -> dict[str, tuple]:
     """taming's NLayerDiscriminator with n_layers=2: conv+bias, lrelu, (conv, BN, lrelu) × 2, conv+bias."""
+
     def bn(name, c):
-        return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-                f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
-    return {**conv("main.0", ndf, 3, 4), "main.2.weight": (2 * ndf, ndf, 4, 4), **bn("main.3", 2 * ndf),
-            "main.5.weight": (4 * ndf, 2 * ndf, 4, 4), **bn("main.6", 4 * ndf), **conv("main.8", 1, 4 * ndf, 4)}
+        return {
+            f"{name}.weight": (c,),
+            f"{name}.bias": (c,),
+            f"{name}.running_mean": (c,),
+            f"{name}.running_var": (c,),
+            f"{name}.num_batches_tracked": (),
+        }
+
+    return {
+        **conv("main.0", ndf, 3, 4),
+        "main.2.weight": (2 * ndf, ndf, 4, 4),
+        **bn("main.3", 2 * ndf),
+        "main.5.weight": (4 * ndf, 2 * ndf, 4, 4),
+        **bn("main.6", 4 * ndf),
+        **conv("main.8", 1, 4 * ndf, 4),
+    }
 
 
 def random_state(layout: dict[str, tuple], seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.tensor(5) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g) * 0.1)
-            for k, shape in layout.items()}
+    return {
+        k: (torch.tensor(5) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g) * 0.1)
+        for k, shape in layout.items()
+    }
 
 
 def test_taming_key_layout_matches_and_loads_strictly():
@@ -161,10 +193,15 @@ def lightning1_callback_class(monkeypatch):
 
 def write_taming_run(tmp_path, callback_class, state):
     (tmp_path / "model.yaml").write_text(TAMING_YAML)
-    checkpoint = {"epoch": 4, "global_step": 1000, "pytorch-lightning_version": "1.0.8",
-                  "callbacks": {callback_class: {"best_model_score": torch.tensor(0.1), "best_model_path": "x.ckpt"}},
-                  "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "betas": (0.5, 0.9), "params": [0]}]}],
-                  "lr_schedulers": [], "state_dict": state}
+    checkpoint = {
+        "epoch": 4,
+        "global_step": 1000,
+        "pytorch-lightning_version": "1.0.8",
+        "callbacks": {callback_class: {"best_model_score": torch.tensor(0.1), "best_model_path": "x.ckpt"}},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "betas": (0.5, 0.9), "params": [0]}]}],
+        "lr_schedulers": [],
+        "state_dict": state,
+    }
     torch.save(checkpoint, tmp_path / "last.ckpt")
     return tmp_path / "model.yaml", tmp_path / "last.ckpt"
 
@@ -340,8 +377,13 @@ def test_all_codebook_options_together_train_and_keep_their_keys():
         (reconstruction.abs().mean() + quantized.loss).backward()
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0
     keys = set(model.state_dict())
-    assert {"quantize.project_in.weight", "quantize.project_out.weight", "quantize.ema_cluster_size",
-            "quantize.steps_since_used", "quantize.recent_vectors"} <= keys
+    assert {
+        "quantize.project_in.weight",
+        "quantize.project_out.weight",
+        "quantize.ema_cluster_size",
+        "quantize.steps_since_used",
+        "quantize.recent_vectors",
+    } <= keys
     torch.testing.assert_close(model.quantize.codebook().norm(dim=1), torch.ones(16))
 
 
@@ -361,7 +403,9 @@ def test_gumbel_quantizer_loads_taming_keys_and_encodes_by_argmax():
     torch.manual_seed(0)
     model = VQGAN(VQGANConfig.from_dict({**TINY, "quantizer": {"kind": "gumbel"}}))
     layout = {k: v for k, v in taming_tiny_layout().items() if not k.startswith("quantize.")}
-    layout.update({"quantize.proj.weight": (16, 8, 1, 1), "quantize.proj.bias": (16,), "quantize.embed.weight": (16, 8)})
+    layout.update(
+        {"quantize.proj.weight": (16, 8, 1, 1), "quantize.proj.bias": (16,), "quantize.embed.weight": (16, 8)}
+    )
     model.load_state_dict(random_state(layout), strict=True)
     assert isinstance(model.quantize, GumbelQuantizer)
     x = images()
@@ -377,8 +421,15 @@ def test_gumbel_quantizer_loads_taming_keys_and_encodes_by_argmax():
 
 def test_discriminator_layout_and_losses():
     discriminator = NLayerDiscriminator()
-    expected = ["main.0.weight", "main.0.bias", "main.2.weight", "main.5.weight", "main.8.weight",
-                "main.11.weight", "main.11.bias"]
+    expected = [
+        "main.0.weight",
+        "main.0.bias",
+        "main.2.weight",
+        "main.5.weight",
+        "main.8.weight",
+        "main.11.weight",
+        "main.11.bias",
+    ]
     batch_norm = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     expected += [f"main.{i}.{p}" for i in (3, 6, 9) for p in batch_norm]
     assert sorted(discriminator.state_dict()) == sorted(expected)

@@ -1,4 +1,5 @@
 """`vqgan fit` end to end on tiny shapes: steps, logs, grids, exact resume, DDP, config errors, loading."""
+
 import csv
 import subprocess
 import sys
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from stage_configs import tiny_trainer, write_stage_config
 
 import vqgan
-from stage_configs import tiny_trainer, write_stage_config
 from vqgan.cli import main
 
 TINY = {
@@ -17,8 +18,14 @@ TINY = {
     "model": {
         "embed_dim": 8,
         "n_embed": 16,
-        "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8],
-                     "resolution": "${data.image_size}", "z_channels": 8},
+        "ddconfig": {
+            "ch": 32,
+            "ch_mult": [1, 2],
+            "num_res_blocks": 1,
+            "attn_resolutions": [8],
+            "resolution": "${data.image_size}",
+            "z_channels": 8,
+        },
         "quantizer": {"ema": True, "restart_threshold": 0.5, "l2_normalize": True},
         "perceptual_weight": 0.0,
         "disc_start": 2,

@@ -6,6 +6,7 @@ Two formats load with `vqgan.load(path)`, and a short name ("shapes") loads a sh
 - an inference bundle (`.safetensors`): the VQGAN's weights, with its config as JSON in the file's
   metadata, so the one file is enough. `export_bundle` writes it.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ BUNDLE_CONFIG_KEY = "vqgan_config"
 
 def config_from_hparams(hparams: Mapping[str, Any]) -> VQGANConfig:
     """The VQGAN's config from `VQGANModule`'s hyperparameters (live, or saved in a checkpoint)."""
-    return VQGANConfig.from_dict({key: hparams[key] for key in ("ddconfig", "embed_dim", "n_embed")}
-                                 | {"quantizer": hparams.get("quantizer") or {}})
+    return VQGANConfig.from_dict(
+        {key: hparams[key] for key in ("ddconfig", "embed_dim", "n_embed")}
+        | {"quantizer": hparams.get("quantizer") or {}}
+    )
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
@@ -35,13 +38,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
     shipped bundle's short name."""
     path = resolve("vqgan", path)
     if not path.is_file():
-        raise FileNotFoundError(f"VQGAN checkpoint {path} not found; give a .ckpt from `vqgan fit`, a .safetensors "
-                                f"bundle, or a shipped model's name")
+        raise FileNotFoundError(
+            f"VQGAN checkpoint {path} not found; give a .ckpt from `vqgan fit`, a .safetensors "
+            f"bundle, or a shipped model's name"
+        )
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt", device=str(map_location)) as bundle:
             metadata = bundle.metadata() or {}
             if BUNDLE_CONFIG_KEY not in metadata:
-                raise ValueError(f"{path} has no {BUNDLE_CONFIG_KEY} metadata: it is not a VQGAN bundle from export_bundle")
+                raise ValueError(
+                    f"{path} has no {BUNDLE_CONFIG_KEY} metadata: it is not a VQGAN bundle from export_bundle"
+                )
             state = {key: bundle.get_tensor(key) for key in bundle.keys()}
         config = VQGANConfig.from_dict(json.loads(metadata[BUNDLE_CONFIG_KEY]))
     else:
@@ -49,10 +56,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
         try:
             config = config_from_hparams(checkpoint["hyper_parameters"])
         except KeyError:
-            raise ValueError(f"{path} is not a `vqgan fit` checkpoint (no VQGAN hyperparameters); "
-                             f"for a taming-transformers checkpoint use vqgan.from_taming(model.yaml, ckpt)") from None
-        state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
-                 if key.startswith("model.")}
+            raise ValueError(
+                f"{path} is not a `vqgan fit` checkpoint (no VQGAN hyperparameters); "
+                f"for a taming-transformers checkpoint use vqgan.from_taming(model.yaml, ckpt)"
+            ) from None
+        state = {
+            key.removeprefix("model."): value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith("model.")
+        }
     model = VQGAN(config)
     model.load_state_dict(state, strict=True)
     return model.eval()

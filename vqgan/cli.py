@@ -1,4 +1,5 @@
 """`vqgan fit|validate|test -c configs/vqgan/shapes.yaml`: the VQGAN stage's LightningCLI."""
+
 from imagetext.training import run_stage_cli
 from vqgan.lightning import VQGANModule
 

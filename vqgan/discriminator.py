@@ -3,6 +3,7 @@
 `NLayerDiscriminator` has taming's layout (`main.{N}` keys, as `loss.discriminator.main.{N}` in a
 taming checkpoint), so a taming discriminator can be taken over for fine-tuning.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,8 +25,11 @@ class NLayerDiscriminator(nn.Module):
         for n in range(1, n_layers + 1):
             out = ndf * min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(channels, out, 4, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(channels, out, 4, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2, True),
+            ]
             channels = out
         layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
@@ -76,7 +80,7 @@ def adaptive_disc_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, c
     Balances the GAN term against the reconstruction term (VQGAN paper, eq. 7); multiply it by the
     configured disc_weight. Both losses must still have their graphs (it keeps them for backward).
     """
-    rec_grad, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
-    gan_grad, = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    (rec_grad,) = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    (gan_grad,) = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
     weight = rec_grad.norm() / (gan_grad.norm() + 1e-4)
     return weight.clamp(0.0, clamp).detach()

@@ -9,6 +9,7 @@ Lightning counts every `optimizer.step()` in `trainer.global_step`, so once the 
 a batch advances it by two; `disc_start` counts batches (generator steps), kept in `generator_steps`.
 bf16 autocast is Lightning's `trainer.precision: bf16-mixed`; `channels_last` is an option here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,8 @@ import torch
 from einops import rearrange
 
 from imagetext.images import save_grid
-from vqgan.discriminator import NLayerDiscriminator, adaptive_disc_weight, discriminator_loss, generator_loss
 from vqgan.checkpoint import config_from_hparams
+from vqgan.discriminator import NLayerDiscriminator, adaptive_disc_weight, discriminator_loss, generator_loss
 from vqgan.model import VQGAN
 from vqgan.perceptual import LPIPSLoss
 from vqgan.quantize import CodebookUsage
@@ -183,11 +184,11 @@ class VQGANModule(pl.LightningModule):
             {
                 "val/rec_loss": self.reconstruction_loss(images, reconstructions),
                 "val/l1": (images - reconstructions).abs().mean(),
-                "val/psnr": psnr(images, reconstructions),
             },
             batch_size=len(images),
             sync_dist=True,
         )
+        self.log("val/psnr", psnr(images, reconstructions), batch_size=len(images), sync_dist=True, prog_bar=True)
         if batch_idx == 0:
             self._save_grid(images, reconstructions)
 

@@ -13,6 +13,7 @@ Level i works at resolution `resolution / 2**i`; a level gets attention blocks w
 is listed in `attn_resolutions` (decided from the config's `resolution`, not the input's size, as in
 taming). Images are [-1, 1]; the decoder's output is not bounded, `decode_codes` clamps it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -74,12 +75,16 @@ class EncoderConfig:
             raise ValueError("ddconfig.double_z is true, which is for KL autoencoders; a VQGAN needs double_z: false")
         bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % GROUPS]
         if bad:
-            raise ValueError(f"ddconfig: channel counts {bad} (ch × ch_mult) are not multiples of {GROUPS} "
-                             f"(GroupNorm groups); use ch a multiple of {GROUPS}")
+            raise ValueError(
+                f"ddconfig: channel counts {bad} (ch × ch_mult) are not multiples of {GROUPS} "
+                f"(GroupNorm groups); use ch a multiple of {GROUPS}"
+            )
         if self.resolution % self.downsample_factor:
-            raise ValueError(f"ddconfig.resolution {self.resolution} is not a multiple of the downsample factor "
-                             f"{self.downsample_factor} (2**(len(ch_mult)-1)); use "
-                             f"{_nearest_multiples(self.resolution, self.downsample_factor)}")
+            raise ValueError(
+                f"ddconfig.resolution {self.resolution} is not a multiple of the downsample factor "
+                f"{self.downsample_factor} (2**(len(ch_mult)-1)); use "
+                f"{_nearest_multiples(self.resolution, self.downsample_factor)}"
+            )
 
     @property
     def downsample_factor(self) -> int:
@@ -109,7 +114,9 @@ class VQGANConfig:
         self.ddconfig = EncoderConfig.from_dict(self.ddconfig)
         self.quantizer = config_from_dict(QuantizerConfig, self.quantizer, "quantizer")
         if self.embed_dim < 1 or self.n_embed < 2:
-            raise ValueError(f"embed_dim {self.embed_dim} / n_embed {self.n_embed}: use embed_dim >= 1 and n_embed >= 2")
+            raise ValueError(
+                f"embed_dim {self.embed_dim} / n_embed {self.n_embed}: use embed_dim >= 1 and n_embed >= 2"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> VQGANConfig:
@@ -233,8 +240,11 @@ class Encoder(nn.Module):
         channels = config.ch
         for i in range(levels):
             out = config.level_channels(i)
-            level = Level([(channels, out)] + [(out, out)] * (config.num_res_blocks - 1),
-                          config.level_has_attention(i), config.dropout)
+            level = Level(
+                [(channels, out)] + [(out, out)] * (config.num_res_blocks - 1),
+                config.level_has_attention(i),
+                config.dropout,
+            )
             if i != levels - 1:
                 level.downsample = Downsample(out, config.resamp_with_conv)
             self.down.append(level)
@@ -265,8 +275,9 @@ class Decoder(nn.Module):
         up_levels: list[Level] = []
         for i in reversed(range(levels)):
             out = config.level_channels(i)
-            level = Level([(channels, out)] + [(out, out)] * config.num_res_blocks,
-                          config.level_has_attention(i), config.dropout)
+            level = Level(
+                [(channels, out)] + [(out, out)] * config.num_res_blocks, config.level_has_attention(i), config.dropout
+            )
             if i != 0:
                 level.upsample = Upsample(out, config.resamp_with_conv)
             up_levels.insert(0, level)
@@ -319,9 +330,11 @@ class VQGAN(nn.Module):
         """The code grid (h, w) for an image of this size; ValueError if the encoder cannot divide it."""
         f = self.downsample_factor
         if height % f or width % f:
-            raise ValueError(f"image size {height}×{width} is not a multiple of this VQGAN's downsample factor {f}; "
-                             f"resize or crop to a multiple of {f} (height {_nearest_multiples(height, f)}, "
-                             f"width {_nearest_multiples(width, f)})")
+            raise ValueError(
+                f"image size {height}×{width} is not a multiple of this VQGAN's downsample factor {f}; "
+                f"resize or crop to a multiple of {f} (height {_nearest_multiples(height, f)}, "
+                f"width {_nearest_multiples(width, f)})"
+            )
         return height // f, width // f
 
     def encode(self, x: Tensor) -> QuantizerOutput:
@@ -349,6 +362,8 @@ class VQGAN(nn.Module):
         if codes.ndim != 3 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise ValueError(f"expected integer codes [B,h,w], got {codes.dtype} of shape {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"codes range {int(codes.min())}..{int(codes.max())} is outside this codebook "
-                             f"(0..{self.codebook_size - 1}); were they made by a VQGAN with another codebook?")
+            raise ValueError(
+                f"codes range {int(codes.min())}..{int(codes.max())} is outside this codebook "
+                f"(0..{self.codebook_size - 1}); were they made by a VQGAN with another codebook?"
+            )
         return self.decode(self.quantize.embed_codes(codes.long())).clamp(-1.0, 1.0)

@@ -5,6 +5,7 @@ The `lpips` package ships the linear heads; the VGG16 ImageNet weights are torch
 backbone and loads the VGG16 weights itself, from torchvision's cache folder
 (`$TORCH_HOME/hub/checkpoints/`) or from a path you give. Without the file it says where to put it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -43,7 +44,8 @@ class LPIPSLoss(nn.Module):
                 raise FileNotFoundError(
                     f"LPIPS needs the VGG16 ImageNet weights {weights_file.name}, not found at {weights_file}: "
                     f"put the file in {weights_file.parent}/ (or set TORCH_HOME, or pass its path), "
-                    f"or set perceptual_weight: 0 to train without the perceptual loss")
+                    f"or set perceptual_weight: 0 to train without the perceptual loss"
+                )
         # pnet_rand=True: lpips builds VGG16 without asking torchvision for (downloadable) weights;
         # it does so through torchvision's deprecated `pretrained=` argument, hence the filter.
         with warnings.catch_warnings():
@@ -71,6 +73,8 @@ def _load_vgg16_features(backbone: nn.Module, weights_file: Path) -> None:
     wanted = {f"features.{key}" for key in layers.state_dict()}
     missing = sorted(wanted - set(state))
     if missing:
-        raise ValueError(f"{weights_file} is not torchvision's VGG16 weights (missing {', '.join(missing[:3])}); "
-                         f"use vgg16-397923af.pth")
+        raise ValueError(
+            f"{weights_file} is not torchvision's VGG16 weights (missing {', '.join(missing[:3])}); "
+            f"use vgg16-397923af.pth"
+        )
     layers.load_state_dict({key.removeprefix("features."): state[key] for key in wanted}, strict=True)

@@ -10,6 +10,7 @@ the codebook a model actually uses.
 Lookup always runs in float32 (also under bf16 autocast): nearest-neighbour search in bf16 picks
 the wrong code often enough to matter.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,27 +46,38 @@ class QuantizerConfig:
     def __post_init__(self) -> None:
         if self.kind not in QUANTIZER_KINDS:
             raise ValueError(f"quantizer.kind is {self.kind!r}; use one of {', '.join(QUANTIZER_KINDS)}")
-        vq_only = {"l2_normalize": False, "codebook_dim": None, "ema": False,
-                   "restart_unused_after": None, "restart_threshold": None}
+        vq_only = {
+            "l2_normalize": False,
+            "codebook_dim": None,
+            "ema": False,
+            "restart_unused_after": None,
+            "restart_threshold": None,
+        }
         if self.kind == "gumbel":
             set_options = [name for name, off in vq_only.items() if getattr(self, name) != off]
             if set_options:
-                raise ValueError(f"quantizer options {', '.join(set_options)} apply to kind 'vq' only; "
-                                 "remove them or use kind: vq")
+                raise ValueError(
+                    f"quantizer options {', '.join(set_options)} apply to kind 'vq' only; remove them or use kind: vq"
+                )
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"quantizer.ema_decay is {self.ema_decay}; use a value between 0 and 1, e.g. 0.99")
         if self.codebook_dim is not None and self.codebook_dim < 1:
             raise ValueError(f"quantizer.codebook_dim is {self.codebook_dim}; use a positive size or null")
         if self.restart_unused_after is not None and self.restart_unused_after < 1:
-            raise ValueError(f"quantizer.restart_unused_after is {self.restart_unused_after}; "
-                             "use a number of steps >= 1 or null")
+            raise ValueError(
+                f"quantizer.restart_unused_after is {self.restart_unused_after}; use a number of steps >= 1 or null"
+            )
         if self.restart_threshold is not None:
             if not self.ema:
-                raise ValueError("quantizer.restart_threshold needs ema: true (it reads the EMA cluster sizes); "
-                                 "use restart_unused_after without EMA")
+                raise ValueError(
+                    "quantizer.restart_threshold needs ema: true (it reads the EMA cluster sizes); "
+                    "use restart_unused_after without EMA"
+                )
             if not 0.0 < self.restart_threshold < 1.0:
-                raise ValueError(f"quantizer.restart_threshold is {self.restart_threshold}; use a value in (0, 1): "
-                                 "a restarted code starts at cluster size 1")
+                raise ValueError(
+                    f"quantizer.restart_threshold is {self.restart_threshold}; use a value in (0, 1): "
+                    "a restarted code starts at cluster size 1"
+                )
         if self.restart_buffer_size < 1:
             raise ValueError(f"quantizer.restart_buffer_size is {self.restart_buffer_size}; use >= 1")
 
@@ -173,10 +185,23 @@ class VectorQuantizer(nn.Module):
     rank keeps the same codebook.
     """
 
-    def __init__(self, n_embed: int, embed_dim: int, *, beta: float = 0.25, legacy: bool = True,
-                 l2_normalize: bool = False, codebook_dim: int | None = None, ema: bool = False,
-                 ema_decay: float = 0.99, ema_eps: float = 1e-5, restart_unused_after: int | None = None,
-                 restart_threshold: float | None = None, restart_buffer_size: int = 4096, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_embed: int,
+        embed_dim: int,
+        *,
+        beta: float = 0.25,
+        legacy: bool = True,
+        l2_normalize: bool = False,
+        codebook_dim: int | None = None,
+        ema: bool = False,
+        ema_decay: float = 0.99,
+        ema_eps: float = 1e-5,
+        restart_unused_after: int | None = None,
+        restart_threshold: float | None = None,
+        restart_buffer_size: int = 4096,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.n_embed = n_embed
         self.embed_dim = embed_dim
@@ -215,11 +240,21 @@ class VectorQuantizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: QuantizerConfig, n_embed: int, embed_dim: int) -> VectorQuantizer:
-        return cls(n_embed, embed_dim, beta=config.beta, legacy=config.legacy, l2_normalize=config.l2_normalize,
-                   codebook_dim=config.codebook_dim, ema=config.ema, ema_decay=config.ema_decay,
-                   ema_eps=config.ema_eps, restart_unused_after=config.restart_unused_after,
-                   restart_threshold=config.restart_threshold, restart_buffer_size=config.restart_buffer_size,
-                   seed=config.seed)
+        return cls(
+            n_embed,
+            embed_dim,
+            beta=config.beta,
+            legacy=config.legacy,
+            l2_normalize=config.l2_normalize,
+            codebook_dim=config.codebook_dim,
+            ema=config.ema,
+            ema_decay=config.ema_decay,
+            ema_eps=config.ema_eps,
+            restart_unused_after=config.restart_unused_after,
+            restart_threshold=config.restart_threshold,
+            restart_buffer_size=config.restart_buffer_size,
+            seed=config.seed,
+        )
 
     def codebook(self) -> Tensor:
         """The vectors codes are compared with, in lookup space: [n_embed, lookup_dim]."""
@@ -264,8 +299,7 @@ class VectorQuantizer(nn.Module):
     @staticmethod
     def _nearest(vectors: Tensor, codebook: Tensor) -> Tensor:
         # ||v - e||^2 = ||v||^2 - 2 v·e + ||e||^2, the same expansion (and tie-breaking) as taming
-        distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.t()
-                     + codebook.pow(2).sum(1))
+        distances = vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.t() + codebook.pow(2).sum(1)
         return distances.argmin(dim=1)
 
     def embed_codes(self, codes: Tensor) -> Tensor:
@@ -337,8 +371,16 @@ class GumbelQuantizer(nn.Module):
     the logits, so encoding is deterministic (taming adds Gumbel noise even in eval).
     """
 
-    def __init__(self, in_channels: int, n_embed: int, embed_dim: int, *, kl_weight: float = 5e-4,
-                 temperature: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        n_embed: int,
+        embed_dim: int,
+        *,
+        kl_weight: float = 5e-4,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.n_embed = n_embed
         self.kl_weight = kl_weight
@@ -350,8 +392,9 @@ class GumbelQuantizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: QuantizerConfig, n_embed: int, embed_dim: int) -> GumbelQuantizer:
-        return cls(embed_dim, n_embed, embed_dim, kl_weight=config.kl_weight,
-                   temperature=config.temperature, seed=config.seed)
+        return cls(
+            embed_dim, n_embed, embed_dim, kl_weight=config.kl_weight, temperature=config.temperature, seed=config.seed
+        )
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):
@@ -368,8 +411,13 @@ class GumbelQuantizer(nn.Module):
             probs = logits.softmax(dim=1)
             kl = torch.sum(probs * torch.log(probs * self.n_embed + 1e-10), dim=1).mean()
         counts = code_histogram(codes, self.n_embed)
-        return QuantizerOutput(z_q=z_q.to(z.dtype), codes=codes, loss=self.kl_weight * kl,
-                               usage=usage_from_counts(counts), perplexity=perplexity_from_counts(counts))
+        return QuantizerOutput(
+            z_q=z_q.to(z.dtype),
+            codes=codes,
+            loss=self.kl_weight * kl,
+            usage=usage_from_counts(counts),
+            perplexity=perplexity_from_counts(counts),
+        )
 
     def _gumbel_noise(self, logits: Tensor) -> Tensor:
         if self._noise is None or self._noise.device != logits.device:

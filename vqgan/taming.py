@@ -7,6 +7,7 @@ as a global and `torch.load(weights_only=True)` refuses it. That class is only a
 stand-in class is allowed under exactly those names, so the file loads without importing Lightning
 and without unpickling anything else. Any other object still fails, with a conversion hint.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -33,8 +34,11 @@ class _LightningCallbackKey:
 _CALLBACK_CLASSES = [
     f"{package}.callbacks.{module}.{name}"
     for package in ("pytorch_lightning", "lightning.pytorch")
-    for module, name in (("model_checkpoint", "ModelCheckpoint"), ("early_stopping", "EarlyStopping"),
-                         ("lr_monitor", "LearningRateMonitor"))
+    for module, name in (
+        ("model_checkpoint", "ModelCheckpoint"),
+        ("early_stopping", "EarlyStopping"),
+        ("lr_monitor", "LearningRateMonitor"),
+    )
 ]
 
 
@@ -58,19 +62,27 @@ def taming_config(config_yaml: str | Path) -> TamingConfig:
     target, params = model["target"], model["params"]
     kind = TAMING_MODELS.get(target.rsplit(".", 1)[-1])
     if kind is None:
-        raise ValueError(f"{config_yaml}: model.target {target} is not supported; "
-                         f"use a config for taming.models.vqgan.{' or '.join(TAMING_MODELS)}")
+        raise ValueError(
+            f"{config_yaml}: model.target {target} is not supported; "
+            f"use a config for taming.models.vqgan.{' or '.join(TAMING_MODELS)}"
+        )
     missing = [key for key in ("ddconfig", "embed_dim", "n_embed") if key not in params]
     if missing:
-        raise ValueError(f"{config_yaml}: model.params lacks {', '.join(missing)}; a taming VQGAN config names all of them")
+        raise ValueError(
+            f"{config_yaml}: model.params lacks {', '.join(missing)}; a taming VQGAN config names all of them"
+        )
     if params.get("remap"):
         raise ValueError(f"{config_yaml}: model.params.remap (a code remapping file) is not supported; remove it")
     if kind == "vq":
         quantizer = QuantizerConfig(kind="vq", beta=0.25, legacy=True)  # what taming's VQModel hard-codes
     else:
         quantizer = QuantizerConfig(kind="gumbel", kl_weight=params.get("kl_weight", 1e-8))
-    vqgan = VQGANConfig(ddconfig=EncoderConfig.from_dict(params["ddconfig"]), embed_dim=params["embed_dim"],
-                        n_embed=params["n_embed"], quantizer=quantizer)
+    vqgan = VQGANConfig(
+        ddconfig=EncoderConfig.from_dict(params["ddconfig"]),
+        embed_dim=params["embed_dim"],
+        n_embed=params["n_embed"],
+        quantizer=quantizer,
+    )
     loss = params.get("lossconfig") or {}
     return TamingConfig(vqgan=vqgan, loss_target=loss.get("target"), loss_params=dict(loss.get("params") or {}))
 
@@ -87,7 +99,8 @@ def load_taming_state_dict(ckpt: str | Path) -> dict[str, Tensor]:
         raise ValueError(
             f"{ckpt} contains {what}, which is not unpickled for safety; where you trust the file, keep only its "
             f"weights once: python -c \"import torch; c = torch.load('{ckpt}', map_location='cpu', weights_only=False); "
-            f"torch.save({{'state_dict': c['state_dict']}}, 'weights.ckpt')\" and load weights.ckpt") from None
+            f"torch.save({{'state_dict': c['state_dict']}}, 'weights.ckpt')\" and load weights.ckpt"
+        ) from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{ckpt} has no state_dict of tensors; is it a taming-transformers checkpoint?")
@@ -100,8 +113,11 @@ def load_exact(module: nn.Module, state: Mapping[str, Tensor], source: str) -> N
     problems = []
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    mis_shaped = [f"{key} {tuple(state[key].shape)} (model has {tuple(value.shape)})"
-                  for key, value in expected.items() if key in state and state[key].shape != value.shape]
+    mis_shaped = [
+        f"{key} {tuple(state[key].shape)} (model has {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
     if unexpected:
@@ -109,18 +125,22 @@ def load_exact(module: nn.Module, state: Mapping[str, Tensor], source: str) -> N
     if mis_shaped:
         problems.append(f"shape mismatches: {', '.join(mis_shaped)}")
     if problems:
-        raise ValueError(f"{source} does not match the model its config describes "
-                         f"(wrong config for this checkpoint?)\n" + "\n".join(problems))
+        raise ValueError(
+            f"{source} does not match the model its config describes "
+            f"(wrong config for this checkpoint?)\n" + "\n".join(problems)
+        )
     module.load_state_dict(state, strict=True)
 
 
 @overload
 def from_taming(config_yaml: str | Path, ckpt: str | Path, keep_discriminator: Literal[False] = False) -> VQGAN: ...
 @overload
-def from_taming(config_yaml: str | Path, ckpt: str | Path,
-                keep_discriminator: Literal[True]) -> tuple[VQGAN, NLayerDiscriminator]: ...
-def from_taming(config_yaml: str | Path, ckpt: str | Path,
-                keep_discriminator: bool = False) -> VQGAN | tuple[VQGAN, NLayerDiscriminator]:
+def from_taming(
+    config_yaml: str | Path, ckpt: str | Path, keep_discriminator: Literal[True]
+) -> tuple[VQGAN, NLayerDiscriminator]: ...
+def from_taming(
+    config_yaml: str | Path, ckpt: str | Path, keep_discriminator: bool = False
+) -> VQGAN | tuple[VQGAN, NLayerDiscriminator]:
     """A VQGAN (in eval mode) from taming's model.yaml and checkpoint, loaded strictly.
 
     The checkpoint's `loss.*` weights (LPIPS, discriminator) are dropped, unless `keep_discriminator`,
@@ -137,13 +157,19 @@ def from_taming(config_yaml: str | Path, ckpt: str | Path,
     prefix = "loss.discriminator."
     disc_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     if not disc_state:
-        raise ValueError(f"{ckpt} has no {prefix}* weights (its loss is {config.loss_target}); "
-                         "load it without keep_discriminator and train a new discriminator")
+        raise ValueError(
+            f"{ckpt} has no {prefix}* weights (its loss is {config.loss_target}); "
+            "load it without keep_discriminator and train a new discriminator"
+        )
     if config.loss_params.get("use_actnorm"):
-        raise ValueError(f"{config_yaml}: lossconfig uses an ActNorm discriminator, which is not supported; "
-                         "load without keep_discriminator")
-    discriminator = NLayerDiscriminator(in_channels=config.loss_params.get("disc_in_channels", 3),
-                                        ndf=config.loss_params.get("disc_ndf", 64),
-                                        n_layers=config.loss_params.get("disc_num_layers", 3))
+        raise ValueError(
+            f"{config_yaml}: lossconfig uses an ActNorm discriminator, which is not supported; "
+            "load without keep_discriminator"
+        )
+    discriminator = NLayerDiscriminator(
+        in_channels=config.loss_params.get("disc_in_channels", 3),
+        ndf=config.loss_params.get("disc_ndf", 64),
+        n_layers=config.loss_params.get("disc_num_layers", 3),
+    )
     load_exact(discriminator, disc_state, f"{ckpt} discriminator")
     return model, discriminator

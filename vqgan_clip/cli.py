@@ -3,6 +3,7 @@
 Errors a user can fix (a missing file, a bad value) end the program with one line on stderr and a
 non-zero exit code; set VQGAN_CLIP_DEBUG=1 to see the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,16 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--n", type=int, default=20000, help="number of images (default 20000)")
     shapes.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--split", choices=("train", "novel"), default="train",
-                        help="train, or novel: held-out colour+shape compositions")
+    shapes.add_argument(
+        "--split",
+        choices=("train", "novel"),
+        default="train",
+        help="train, or novel: held-out colour+shape compositions",
+    )
     shapes.set_defaults(run=data_commands.write_shapes)
 
     emoji = datasets.add_parser("emoji", help="64px emoji image–caption pairs from the emoji-datasource npm packages")
     emoji.add_argument("out", help="output folder")
     emoji.add_argument("--vendors", default="twitter,google", help="comma-separated: twitter, google")
     emoji.add_argument("--version", default="16.0.0", help="emoji-datasource package version")
-    emoji.add_argument("--tarball", action="append", default=[], metavar="VENDOR=PATH",
-                       help="use a package .tgz you already have instead of running npm pack (repeatable)")
+    emoji.add_argument(
+        "--tarball",
+        action="append",
+        default=[],
+        metavar="VENDOR=PATH",
+        help="use a package .tgz you already have instead of running npm pack (repeatable)",
+    )
     emoji.set_defaults(run=data_commands.write_emoji)
 
     shard = datasets.add_parser("shard", help="write webdataset .tar shards from a dataset")
@@ -66,19 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts-file", metavar="FILE", help="a text file with one prompt per line")
     gen.add_argument("--rerank", type=int, metavar="N", help="draw N candidates and keep the --keep best by CLIP score")
     gen.add_argument("--keep", type=int, default=4, metavar="K", help="images kept per prompt (default 4)")
-    gen.add_argument("--out", default="runs/generate", help="output folder; one new subfolder per prompt (default runs/generate)")
+    gen.add_argument(
+        "--out", default="runs/generate", help="output folder; one new subfolder per prompt (default runs/generate)"
+    )
     add_model_options(gen)
     add_sampling_options(gen)
     gen.set_defaults(run=generate.run)
 
-    opt = commands.add_parser("optimize", help="VQGAN-CLIP: steer VQGAN latents toward a prompt with CLIP over augmented cutouts")
+    opt = commands.add_parser(
+        "optimize", help="VQGAN-CLIP: steer VQGAN latents toward a prompt with CLIP over augmented cutouts"
+    )
     optimize_command.add_arguments(opt)
     opt.set_defaults(run=optimize_command.run)
 
-    ev = commands.add_parser("eval", help="attribute accuracy, rerank lift, CLIP score, FD-CLIP -> eval.json + report.html")
+    ev = commands.add_parser(
+        "eval", help="attribute accuracy, rerank lift, CLIP score, FD-CLIP -> eval.json + report.html"
+    )
     ev.add_argument("--data", default="shapes", help="shapes (held-out and novel captions), or an image–caption folder")
     ev.add_argument("--n", type=int, default=200, help="captions per caption set (default 200)")
-    ev.add_argument("--rerank", type=int, default=32, metavar="N", help="candidates per caption; the CLIP-best vs the first (default 32)")
+    ev.add_argument(
+        "--rerank",
+        type=int,
+        default=32,
+        metavar="N",
+        help="candidates per caption; the CLIP-best vs the first (default 32)",
+    )
     ev.add_argument("--out", default="runs/eval", help="folder for eval.json and report.html (default runs/eval)")
     add_model_options(ev)
     add_sampling_options(ev)
@@ -92,11 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output folder (imagetext/shipped: the models that ship)")
     exp.set_defaults(run=export.run)
 
-    demo_parser = commands.add_parser("demo", help="generate, optimize and eval with the shipped shapes models "
-                                                   "(what `make demo` runs); --train: the whole pipeline from scratch")
+    demo_parser = commands.add_parser(
+        "demo",
+        help="generate, optimize and eval with the shipped shapes models "
+        "(what `make demo` runs); --train: the whole pipeline from scratch",
+    )
     demo_parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
-    demo_parser.add_argument("--train", action="store_true", help="train the VQGAN, GPT prior and CLIP first (CPU hours; "
-                                                                  "what `make demo-train` runs)")
+    demo_parser.add_argument(
+        "--train",
+        action="store_true",
+        help="train the VQGAN, GPT prior and CLIP first (CPU hours; what `make demo-train` runs)",
+    )
     demo_parser.add_argument("--quick", action="store_true", help="a smoke-test profile that finishes in minutes")
     demo_parser.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing outputs")
     demo_parser.set_defaults(run=demo.run)
@@ -105,14 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Which models generate and eval run; left out, the shipped ones ("shapes")."""
-    parser.add_argument("--gpt", metavar="CKPT|NAME", help="GPT prior: a checkpoint of `gpt-prior fit`, a bundle, or a "
-                                                           "shipped name (default: shapes)")
-    parser.add_argument("--vqgan", metavar="CKPT|NAME", help="decode with this VQGAN instead of the one the prior names")
-    parser.add_argument("--clip", metavar="SPEC", help="CLIP: a checkpoint of `clip-rerank fit`, a shipped name or an "
-                                                       "open_clip architecture (default when reranking: shapes)")
-    parser.add_argument("--demo-models", action="store_true", help="where no model is named, use those of the latest "
-                                                                   "`vqgan-clip demo --train` (runs/demo/models.json)")
-    parser.add_argument("--clip-pretrained", metavar="TAG|FILE", help="pretrained weights for an open_clip architecture")
+    parser.add_argument(
+        "--gpt",
+        metavar="CKPT|NAME",
+        help="GPT prior: a checkpoint of `gpt-prior fit`, a bundle, or a shipped name (default: shapes)",
+    )
+    parser.add_argument(
+        "--vqgan", metavar="CKPT|NAME", help="decode with this VQGAN instead of the one the prior names"
+    )
+    parser.add_argument(
+        "--clip",
+        metavar="SPEC",
+        help="CLIP: a checkpoint of `clip-rerank fit`, a shipped name or an "
+        "open_clip architecture (default when reranking: shapes)",
+    )
+    parser.add_argument(
+        "--demo-models",
+        action="store_true",
+        help="where no model is named, use those of the latest `vqgan-clip demo --train` (runs/demo/models.json)",
+    )
+    parser.add_argument(
+        "--clip-pretrained", metavar="TAG|FILE", help="pretrained weights for an open_clip architecture"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
 
@@ -120,12 +162,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """How the GPT prior draws codes; defaults in vqgan_clip.generate.SamplingSettings."""
     defaults = generate.SamplingSettings()
-    parser.add_argument("--cfg", type=float, metavar="S", help=f"classifier-free guidance scale, 1 = off (default {defaults.cfg_scale})")
-    parser.add_argument("--top-k", type=int, help=f"keep the k most likely codes, 0 = off (default {defaults.top_k or 'off'})")
+    parser.add_argument(
+        "--cfg", type=float, metavar="S", help=f"classifier-free guidance scale, 1 = off (default {defaults.cfg_scale})"
+    )
+    parser.add_argument(
+        "--top-k", type=int, help=f"keep the k most likely codes, 0 = off (default {defaults.top_k or 'off'})"
+    )
     parser.add_argument("--top-p", type=float, help=f"nucleus sampling mass, 1 = off (default {defaults.top_p})")
     parser.add_argument("--temperature", type=float, help=f"sampling temperature (default {defaults.temperature})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every draw; the same seed gives the same images (default 0)")
-    parser.add_argument("--batch-size", type=int, help=f"candidates drawn at once (default {defaults.batch_size}); part of the draw")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every draw; the same seed gives the same images (default 0)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help=f"candidates drawn at once (default {defaults.batch_size}); part of the draw"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

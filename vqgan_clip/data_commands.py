@@ -1,18 +1,18 @@
 """`vqgan-clip data …`: write the shapes folder, the emoji folder, or webdataset shards from any of them."""
+
 from __future__ import annotations
 
 import argparse
 import io
-import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image
 
 from imagetext.emoji import write_emoji_folder
-from imagetext.folder import ImageCaptionFolder, read_captions
+from imagetext.folder import ImageCaptionFolder
 from imagetext.shapes import render, scene_at, write_shapes_folder
-from imagetext.shards import ShardRecord, expand_shard_spec
+from imagetext.shards import ShardRecord
 from imagetext.shards import write_shards as write_shard_files
 
 
@@ -27,7 +27,9 @@ def write_emoji(args: argparse.Namespace) -> None:
     for item in args.tarball:
         vendor, separator, path = item.partition("=")
         if not separator:
-            raise ValueError(f"--tarball takes VENDOR=PATH, e.g. twitter=emoji-datasource-twitter-16.0.0.tgz; got {item!r}")
+            raise ValueError(
+                f"--tarball takes VENDOR=PATH, e.g. twitter=emoji-datasource-twitter-16.0.0.tgz; got {item!r}"
+            )
         tarballs[vendor.strip()] = Path(path)
     counts = write_emoji_folder(Path(args.out), vendors=vendors, version=args.version, tarballs=tarballs or None)
     total = sum(counts.values())
@@ -56,6 +58,8 @@ def write_shards(args: argparse.Namespace) -> None:
     elif Path(args.src).is_dir() and not any(Path(args.src).glob("*.tar")):
         records = _folder_records(Path(args.src))
     else:
-        raise ValueError(f"{args.src} is neither 'shapes' nor an image–caption folder; to re-shard shards, read them with the DataModule")
+        raise ValueError(
+            f"{args.src} is neither 'shapes' nor an image–caption folder; to re-shard shards, read them with the DataModule"
+        )
     paths = write_shard_files(records, Path(args.out), args.shard_size)
     print(f"wrote {len(paths)} shards to {args.out}")

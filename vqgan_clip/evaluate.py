@@ -32,13 +32,14 @@ The candidates come from a `CandidateSource`, a function (captions, n) → image
 3, H, W] caption-major: the GPT prior for the command, or, in the tests, the real renders, which
 must score (close to) 100% and so show that the ruler itself can be trusted.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from einops import rearrange
@@ -88,26 +89,40 @@ class SetEvaluation:
 
 
 def shapes_caption_sets(n: int, image_size: int, seed: int = HELD_OUT_SEED) -> list[CaptionSet]:
-    """"held_out" and "novel": items 0 … n−1 of the shapes sets with `seed`, rendered at `image_size`."""
+    """ "held_out" and "novel": items 0 … n−1 of the shapes sets with `seed`, rendered at `image_size`."""
     sets = []
-    for name, split, what in (("held_out", "train", "training compositions, unseen scenes"),
-                              ("novel", "novel", "colour+shape pairs never in training")):
+    for name, split, what in (
+        ("held_out", "train", "training compositions, unseen scenes"),
+        ("novel", "novel", "colour+shape pairs never in training"),
+    ):
         data = ShapesDataset(n, image_size, seed=seed, split=split)
         items = [data[i] for i in range(n)]
-        sets.append(CaptionSet(name, f"shapes seed {seed}, {split} split, {n} items: {what}",
-                               [item["caption"] for item in items], torch.stack([item["image"] for item in items])))
+        sets.append(
+            CaptionSet(
+                name,
+                f"shapes seed {seed}, {split} split, {n} items: {what}",
+                [item["caption"] for item in items],
+                torch.stack([item["image"] for item in items]),
+            )
+        )
     return sets
 
 
 def folder_caption_set(path: str | Path, n: int, image_size: int) -> CaptionSet:
-    """"held_out": the first n images of the folder's validation split, with their first caption lines."""
+    """ "held_out": the first n images of the folder's validation split, with their first caption lines."""
     data = ImageTextDataModule(source="folder", path=str(path), image_size=image_size)
     data.setup("fit")
     items = [data.val_set[i] for i in range(min(n, len(data.val_set)))]
     if len(items) < 2:
-        raise ValueError(f"--data {path}: its validation split has {len(items)} image(s), FD-CLIP needs 2; use a larger folder")
-    return CaptionSet("held_out", f"{path}: {len(items)} images of its validation split",
-                      [item["caption"] for item in items], torch.stack([item["image"] for item in items]))
+        raise ValueError(
+            f"--data {path}: its validation split has {len(items)} image(s), FD-CLIP needs 2; use a larger folder"
+        )
+    return CaptionSet(
+        "held_out",
+        f"{path}: {len(items)} images of its validation split",
+        [item["caption"] for item in items],
+        torch.stack([item["image"] for item in items]),
+    )
 
 
 def check_data(data: str) -> None:
@@ -161,8 +176,12 @@ def judged_candidates_figures(captions: list[str], candidates: Tensor, best: Ten
 
     def accuracy_of(rows: Tensor) -> dict[str, float]:
         picked = right[rows, best[rows]]
-        return {"n_captions": int(rows.numel()), "single_sample": right[rows, 0].float().mean().item(),
-                "reranked_top1": picked.float().mean().item(), "oracle_any_of_n": right[rows].any(dim=1).float().mean().item()}
+        return {
+            "n_captions": int(rows.numel()),
+            "single_sample": right[rows, 0].float().mean().item(),
+            "reranked_top1": picked.float().mean().item(),
+            "oracle_any_of_n": right[rows].any(dim=1).float().mean().item(),
+        }
 
     every = torch.arange(n_captions)
     overall = accuracy_of(every)
@@ -177,8 +196,10 @@ def judged_candidates_figures(captions: list[str], candidates: Tensor, best: Ten
         if rows.numel():
             figures[kind] = accuracy_of(rows)
     figures["candidate_errors"] = {"candidates": n_captions * n_candidates, "correct": int(right.sum()), **errors}
-    figures["diversity"] = {"distinct_images": sum(distinct_count(c) for c in candidates) / n_captions,
-                            "distinct_scenes": distinct_scenes / n_captions}
+    figures["diversity"] = {
+        "distinct_images": sum(distinct_count(c) for c in candidates) / n_captions,
+        "distinct_scenes": distinct_scenes / n_captions,
+    }
     return figures
 
 
@@ -195,19 +216,30 @@ def reconstruction_figures(vqgan: VQGAN, images: Tensor, bf16: bool = False) -> 
         total_psnr += psnr(batch, reconstructions).item() * len(batch)
         codes.append(batch_codes.cpu())
         decoded.append(reconstructions.cpu())
-    figures = {"psnr_db": total_psnr / len(images), "codebook_usage": codebook_usage(torch.cat(codes), vqgan.codebook_size).item()}
+    figures = {
+        "psnr_db": total_psnr / len(images),
+        "codebook_usage": codebook_usage(torch.cat(codes), vqgan.codebook_size).item(),
+    }
     return figures, torch.cat(decoded)
 
 
-def evaluate_set(caption_set: CaptionSet, source: CandidateSource, scorer: Scorer, vqgan: VQGAN, n_candidates: int,
-                 bf16: bool = False) -> SetEvaluation:
+def evaluate_set(
+    caption_set: CaptionSet,
+    source: CandidateSource,
+    scorer: Scorer,
+    vqgan: VQGAN,
+    n_candidates: int,
+    bf16: bool = False,
+) -> SetEvaluation:
     """Draw `n_candidates` per caption from `source` and measure the set's figures (module docstring)."""
     captions, real = caption_set.captions, caption_set.images
     images = source(captions, n_candidates)
     expected = (len(captions) * n_candidates, *real.shape[1:])
     if tuple(images.shape) != expected:
-        raise ValueError(f"the candidate source gave images of shape {list(images.shape)}, expected {list(expected)} "
-                         f"({n_candidates} per caption at the real images' size)")
+        raise ValueError(
+            f"the candidate source gave images of shape {list(images.shape)}, expected {list(expected)} "
+            f"({n_candidates} per caption at the real images' size)"
+        )
     per_candidate = [caption for caption in captions for _ in range(n_candidates)]
     scores = rearrange(clip_score(scorer, per_candidate, images).per_image.cpu(), "(p n) -> p n", n=n_candidates)
     candidates = rearrange(images, "(p n) c h w -> p n c h w", n=n_candidates)
@@ -219,23 +251,31 @@ def evaluate_set(caption_set: CaptionSet, source: CandidateSource, scorer: Score
     vqgan_figures, reconstructions = reconstruction_figures(vqgan, real, bf16)
     if are_shapes_captions(captions):
         judged = judged_candidates_figures(captions, candidates, best)
-        figures["attribute_accuracy"] = {"real": attribute_accuracy(captions, real),
-                                         "vqgan_reconstruction": attribute_accuracy(captions, reconstructions),
-                                         **judged.pop("attribute_accuracy")}
+        figures["attribute_accuracy"] = {
+            "real": attribute_accuracy(captions, real),
+            "vqgan_reconstruction": attribute_accuracy(captions, reconstructions),
+            **judged.pop("attribute_accuracy"),
+        }
         figures.update(judged)
-    figures["clip_score"] = {"real": real_scores.mean().item(), "single_sample": scores[:, 0].mean().item(),
-                             "reranked_top1": scores.max(dim=1).values.mean().item()}
+    figures["clip_score"] = {
+        "real": real_scores.mean().item(),
+        "single_sample": scores[:, 0].mean().item(),
+        "reranked_top1": scores.max(dim=1).values.mean().item(),
+    }
     figures["fd_clip"] = {"single_sample": fd_clip(scorer, single, real), "reranked_top1": fd_clip(scorer, top1, real)}
     figures["vqgan"] = vqgan_figures
     return SetEvaluation(caption_set, candidates, scores, real_scores, figures)
 
 
-def evaluate(sets: list[CaptionSet], source: CandidateSource, scorer: Scorer, vqgan: VQGAN, n_candidates: int,
-             bf16: bool = False) -> list[SetEvaluation]:
+def evaluate(
+    sets: list[CaptionSet], source: CandidateSource, scorer: Scorer, vqgan: VQGAN, n_candidates: int, bf16: bool = False
+) -> list[SetEvaluation]:
     return [evaluate_set(caption_set, source, scorer, vqgan, n_candidates, bf16) for caption_set in sets]
 
 
-def eval_results(evaluations: list[SetEvaluation], sample_source: str, settings: dict[str, object]) -> dict[str, object]:
+def eval_results(
+    evaluations: list[SetEvaluation], sample_source: str, settings: dict[str, object]
+) -> dict[str, object]:
     """What eval.json holds: the source of the candidates, the settings, and every set's description and figures."""
     return {
         "sample_source": sample_source,
@@ -274,14 +314,20 @@ def report_section(evaluation: SetEvaluation) -> Section:
     caption_set, judged = evaluation.caption_set, evaluation.has_attribute_accuracy
     rows = []
     for p, caption in enumerate(caption_set.captions[:REPORT_ROWS]):
-        def tile(image: Tensor, label: str, score: float) -> Tile:
+
+        def tile(image: Tensor, label: str, score: float, caption: str = caption) -> Tile:
             return Tile(image, f"{label} {score:.1f}", matches(caption, image) if judged else None)
 
         scores = evaluation.scores[p]
         ranked = torch.sort(scores, descending=True, stable=True).indices[:REPORT_TOP].tolist()
-        tiles = [tile(caption_set.images[p], "real", evaluation.real_scores[p].item()),
-                 tile(evaluation.candidates[p, 0], "sample", scores[0].item())]
-        tiles += [tile(evaluation.candidates[p, i], f"#{rank} (c{i})", scores[i].item()) for rank, i in enumerate(ranked, start=1)]
+        tiles = [
+            tile(caption_set.images[p], "real", evaluation.real_scores[p].item()),
+            tile(evaluation.candidates[p, 0], "sample", scores[0].item()),
+        ]
+        tiles += [
+            tile(evaluation.candidates[p, i], f"#{rank} (c{i})", scores[i].item())
+            for rank, i in enumerate(ranked, start=1)
+        ]
         rows.append(Row(caption, tiles))
     return Section(f"{caption_set.name}: {caption_set.description}", rows)
 
@@ -293,8 +339,13 @@ def write_eval(out: str | Path, results: dict[str, object], evaluations: list[Se
     with atomic_path(out / "eval.json") as temporary:
         temporary.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     settings = {key: value for key, value in results.items() if key != "sets"}
-    report = write_report(out / "report.html", f"vqgan-clip eval ({results['sample_source']})", settings,
-                          figures_table(evaluations), [report_section(e) for e in evaluations])
+    report = write_report(
+        out / "report.html",
+        f"vqgan-clip eval ({results['sample_source']})",
+        settings,
+        figures_table(evaluations),
+        [report_section(e) for e in evaluations],
+    )
     return out / "eval.json", report
 
 
@@ -306,13 +357,17 @@ def summary(evaluations: list[SetEvaluation]) -> str:
         parts = [f"{evaluation.caption_set.name}:"]
         if evaluation.has_attribute_accuracy:
             accuracy = figures["attribute_accuracy"]
-            parts.append(f"accuracy {100 * accuracy['single_sample']:.1f}% -> {100 * accuracy['reranked_top1']:.1f}% "
-                         f"reranked ({100 * accuracy['rerank_lift']:+.1f} points; any of {figures['n_candidates']} "
-                         f"{100 * accuracy['oracle_any_of_n']:.1f}%, CLIP picks a right one "
-                         f"{100 * accuracy['clip_pick_rate']:.1f}% of those; VQGAN reconstructions "
-                         f"{100 * accuracy['vqgan_reconstruction']:.1f}%),")
-        parts.append(f"CLIP score {figures['clip_score']['reranked_top1']:.2f} (real {figures['clip_score']['real']:.2f}),"
-                     f" FD-CLIP {figures['fd_clip']['reranked_top1']:.4f}, VQGAN PSNR {figures['vqgan']['psnr_db']:.2f} dB")
+            parts.append(
+                f"accuracy {100 * accuracy['single_sample']:.1f}% -> {100 * accuracy['reranked_top1']:.1f}% "
+                f"reranked ({100 * accuracy['rerank_lift']:+.1f} points; any of {figures['n_candidates']} "
+                f"{100 * accuracy['oracle_any_of_n']:.1f}%, CLIP picks a right one "
+                f"{100 * accuracy['clip_pick_rate']:.1f}% of those; VQGAN reconstructions "
+                f"{100 * accuracy['vqgan_reconstruction']:.1f}%),"
+            )
+        parts.append(
+            f"CLIP score {figures['clip_score']['reranked_top1']:.2f} (real {figures['clip_score']['real']:.2f}),"
+            f" FD-CLIP {figures['fd_clip']['reranked_top1']:.4f}, VQGAN PSNR {figures['vqgan']['psnr_db']:.2f} dB"
+        )
         lines.append(" ".join(parts))
     return "\n".join(lines)
 
@@ -324,13 +379,18 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--rerank must be >= 1 candidates per caption, got {args.rerank}")
     check_data(args.data)  # before the models load
     SamplingSettings.from_args(args)  # bad flags fail before the models load
-    gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip=True, use_demo=args.demo_models)
-    models = load_models(gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained,
-                         device=args.device, bf16=args.bf16)
+    gpt, vqgan_path, clip = choose_checkpoints(
+        args.gpt, args.vqgan, args.clip, need_clip=True, use_demo=args.demo_models
+    )
+    models = load_models(
+        gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained, device=args.device, bf16=args.bf16
+    )
     sampling = SamplingSettings.from_args(args, models.prior.sampling)
     grid_h, grid_w = models.prior.config.image_grid
     if grid_h != grid_w:
-        raise ValueError(f"the GPT prior draws {grid_h}×{grid_w} code grids; eval compares with square real images only")
+        raise ValueError(
+            f"the GPT prior draws {grid_h}×{grid_w} code grids; eval compares with square real images only"
+        )
     image_size = grid_h * models.vqgan.downsample_factor
     sets = caption_sets(args.data, args.n, image_size)
 
@@ -340,8 +400,16 @@ def run(args: argparse.Namespace) -> None:
         return sample_images(models, captions, n, sampling, generator)
 
     evaluations = evaluate(sets, prior_source, models.scorer, models.vqgan, args.rerank, args.bf16)
-    settings = {"data": args.data, "n": args.n, "rerank": args.rerank, "seed": args.seed, "image_size": image_size,
-                "sampling": asdict(sampling), "bf16": args.bf16, "checkpoints": models.checkpoints}
+    settings = {
+        "data": args.data,
+        "n": args.n,
+        "rerank": args.rerank,
+        "seed": args.seed,
+        "image_size": image_size,
+        "sampling": asdict(sampling),
+        "bf16": args.bf16,
+        "checkpoints": models.checkpoints,
+    }
     eval_json, report = write_eval(args.out, eval_results(evaluations, GPT_PRIOR_SOURCE, settings), evaluations)
     print(summary(evaluations))
     print(f"wrote {eval_json} and {report}")

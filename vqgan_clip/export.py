@@ -7,6 +7,7 @@ The prior's bundle names its VQGAN: by the short name NAME when OUT is the shipp
 the installed package finds it anywhere), else by the exported VQGAN bundle's path; with that file's
 sha256 either way. Each bundle's sha256 is printed, for its model card.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,19 +16,24 @@ from pathlib import Path
 import clip_rerank
 import gpt_prior
 import vqgan
-from imagetext.files import file_sha256
 from imagetext import shipped
+from imagetext.files import file_sha256
 
 
-def export_models(vqgan_checkpoint: str | Path, gpt_checkpoint: str | Path, clip_checkpoint: str | Path,
-                  out: str | Path, name: str) -> dict[str, Path]:
+def export_models(
+    vqgan_checkpoint: str | Path, gpt_checkpoint: str | Path, clip_checkpoint: str | Path, out: str | Path, name: str
+) -> dict[str, Path]:
     """Write the three bundles (see the module docstring); {stage: bundle path}."""
     out = Path(out)
     paths = {stage: out / stage / f"{name}.safetensors" for stage in shipped.STAGES}
     vqgan.export_bundle(vqgan.load(vqgan_checkpoint), paths["vqgan"])
     into_package = out.resolve() == shipped.shipped_dir("vqgan").parent.resolve()
-    gpt_prior.export_bundle(gpt_prior.load(gpt_checkpoint), paths["gpt_prior"],
-                            vqgan=name if into_package else paths["vqgan"].resolve(), vqgan_file=paths["vqgan"])
+    gpt_prior.export_bundle(
+        gpt_prior.load(gpt_checkpoint),
+        paths["gpt_prior"],
+        vqgan=name if into_package else paths["vqgan"].resolve(),
+        vqgan_file=paths["vqgan"],
+    )
     scorer = clip_rerank.load(clip_checkpoint)
     clip_rerank.save_checkpoint(scorer.model, scorer.architecture, paths["clip_rerank"])
     return paths

@@ -13,6 +13,7 @@ Without a CLIP model nothing is scored and the candidates keep their draw order.
 The scores are CLIP scores as `clip_rerank.metrics.clip_score` defines them (100 × cosine similarity
 of image and prompt embeddings), so generate and eval report the same number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 import clip_rerank
 import gpt_prior
@@ -35,6 +35,7 @@ from clip_rerank.metrics import clip_score
 from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
 from imagetext.files import atomic_path, file_sha256, safe_name, unique_dir
 from imagetext.images import save_grid, save_png
+from imagetext.progress import ProgressBar
 from imagetext.shipped import resolve, resolve_if_shipped, shipped_names
 from vqgan import VQGAN
 
@@ -77,8 +78,13 @@ class SamplingSettings:
     def from_args(cls, args: argparse.Namespace, checkpoint_defaults: dict[str, Any] | None = None) -> SamplingSettings:
         """The command-line flags over the checkpoint's defaults over the class defaults (`--top-k 0`
         turns top-k off)."""
-        flags = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                 "cfg_scale": args.cfg, "batch_size": args.batch_size}
+        flags = {
+            "temperature": args.temperature,
+            "top_k": args.top_k,
+            "top_p": args.top_p,
+            "cfg_scale": args.cfg,
+            "batch_size": args.batch_size,
+        }
         known = {name: value for name, value in (checkpoint_defaults or {}).items() if name in flags}
         settings = known | {name: value for name, value in flags.items() if value is not None}
         if settings.get("top_k") == 0:
@@ -120,8 +126,10 @@ def demo_models(demo_dir: str | Path = DEMO_DIR) -> dict[str, Path]:
     demo_dir = Path(demo_dir)
     file = demo_dir / DEMO_MODELS_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"--demo-models: {file} (written by `vqgan-clip demo --train`) not found; "
-                                f"run `vqgan-clip demo --train`, or leave out --demo-models for the shipped models")
+        raise FileNotFoundError(
+            f"--demo-models: {file} (written by `vqgan-clip demo --train`) not found; "
+            f"run `vqgan-clip demo --train`, or leave out --demo-models for the shipped models"
+        )
     entries = json.loads(file.read_text(encoding="utf-8"))
     missing = [key for key in ("vqgan", "gpt", "clip") if key not in entries]
     if missing:
@@ -132,8 +140,10 @@ def demo_models(demo_dir: str | Path = DEMO_DIR) -> dict[str, Path]:
 def write_demo_models(demo_dir: str | Path, *, vqgan: str | Path, gpt: str | Path, clip: str | Path) -> Path:
     """Write `demo_dir`/models.json, which `demo_models` reads (paths stored relative to `demo_dir`)."""
     demo_dir = Path(demo_dir)
-    entries = {key: os.path.relpath(Path(path).resolve(), demo_dir.resolve())
-               for key, path in (("vqgan", vqgan), ("gpt", gpt), ("clip", clip))}
+    entries = {
+        key: os.path.relpath(Path(path).resolve(), demo_dir.resolve())
+        for key, path in (("vqgan", vqgan), ("gpt", gpt), ("clip", clip))
+    }
     with atomic_path(demo_dir / DEMO_MODELS_FILE) as temporary:
         temporary.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     return demo_dir / DEMO_MODELS_FILE
@@ -145,8 +155,14 @@ def default_model(key: str, use_demo: bool, demo_dir: str | Path = DEMO_DIR) -> 
     return str(demo_models(demo_dir)[key]) if use_demo else SHIPPED_DEFAULT
 
 
-def choose_checkpoints(gpt: str | None, vqgan_path: str | None, clip: str | None, need_clip: bool,
-                       use_demo: bool = False, demo_dir: str | Path = DEMO_DIR) -> tuple[str, str | None, str | None]:
+def choose_checkpoints(
+    gpt: str | None,
+    vqgan_path: str | None,
+    clip: str | None,
+    need_clip: bool,
+    use_demo: bool = False,
+    demo_dir: str | Path = DEMO_DIR,
+) -> tuple[str, str | None, str | None]:
     """(gpt, vqgan override, clip spec): the ones given, the rest the shipped models (or the demo's).
 
     A prior decodes with the VQGAN it names (the shipped prior names the shipped VQGAN); the demo's
@@ -165,24 +181,37 @@ def load_prior(gpt: str | Path, device: str | torch.device = "cpu") -> PriorBund
     """The GPT prior of a `gpt-prior fit` checkpoint, a bundle or a shipped name; an unreadable file is a one-line error."""
     gpt = resolve("gpt_prior", gpt)
     if not gpt.is_file():
-        raise FileNotFoundError(f"GPT prior checkpoint {gpt} not found; pass --gpt with a .ckpt from `gpt-prior fit`, "
-                                f"a .safetensors bundle or a shipped name ({', '.join(shipped_names('gpt_prior')) or 'none'})")
+        raise FileNotFoundError(
+            f"GPT prior checkpoint {gpt} not found; pass --gpt with a .ckpt from `gpt-prior fit`, "
+            f"a .safetensors bundle or a shipped name ({', '.join(shipped_names('gpt_prior')) or 'none'})"
+        )
     try:
         return gpt_prior.load(gpt, map_location=device)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # not a torch file, or not tensors and plain data
-        raise ValueError(f"{gpt} cannot be read as a `gpt-prior fit` checkpoint (torch.load with weights_only "
-                         f"failed); pass --gpt with a .ckpt from `gpt-prior fit`") from error
+        raise ValueError(
+            f"{gpt} cannot be read as a `gpt-prior fit` checkpoint (torch.load with weights_only "
+            f"failed); pass --gpt with a .ckpt from `gpt-prior fit`"
+        ) from error
 
 
 def check_codebook(prior: PriorBundle, codebook_size: int, vqgan_name: str | Path) -> None:
     """The prior's codes must index this VQGAN's codebook."""
     if codebook_size != prior.config.image_vocab_size:
-        raise ValueError(f"VQGAN {vqgan_name} has {codebook_size} codes, but the GPT prior draws "
-                         f"{prior.config.image_vocab_size}; pass the prior's own VQGAN with --vqgan ({prior.vqgan_path})")
+        raise ValueError(
+            f"VQGAN {vqgan_name} has {codebook_size} codes, but the GPT prior draws "
+            f"{prior.config.image_vocab_size}; pass the prior's own VQGAN with --vqgan ({prior.vqgan_path})"
+        )
 
 
-def load_models(gpt: str | Path, *, vqgan_path: str | Path | None = None, clip: str | None = None,
-                clip_pretrained: str | None = None, device: str | torch.device = "cpu", bf16: bool = False) -> Models:
+def load_models(
+    gpt: str | Path,
+    *,
+    vqgan_path: str | Path | None = None,
+    clip: str | None = None,
+    clip_pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> Models:
     """Load the GPT prior, the VQGAN it was trained on (or `vqgan_path`) and, when `clip` is given, CLIP.
 
     Errors (a missing or foreign checkpoint, a VQGAN with another codebook, a CLIP that cannot be
@@ -207,12 +236,16 @@ def load_models(gpt: str | Path, *, vqgan_path: str | Path | None = None, clip: 
 
 def clip_description(spec: str, pretrained: str | None) -> dict[str, str | None]:
     """Where a CLIP came from: its spec and pretrained tag or file, with the sha256 of whichever is a file."""
+
     def described(name: str | None) -> str | None:  # files by their full path, names and tags as given
         return str(Path(name).resolve()) if name is not None and Path(name).is_file() else name
 
     weights = next((Path(p) for p in (spec, pretrained) if p is not None and Path(p).is_file()), None)
-    return {"spec": described(spec), "pretrained": described(pretrained),
-            "sha256": None if weights is None else file_sha256(weights)}
+    return {
+        "spec": described(spec),
+        "pretrained": described(pretrained),
+        "sha256": None if weights is None else file_sha256(weights),
+    }
 
 
 def decode(models: Models, codes: Tensor) -> Tensor:
@@ -221,8 +254,14 @@ def decode(models: Models, codes: Tensor) -> Tensor:
         return models.vqgan.decode_codes(codes.to(models.device)).float().cpu()
 
 
-def sample_images(models: Models, captions: list[str], n: int, sampling: SamplingSettings,
-                  generator: torch.Generator, progress: bool = True) -> Tensor:
+def sample_images(
+    models: Models,
+    captions: list[str],
+    n: int,
+    sampling: SamplingSettings,
+    generator: torch.Generator,
+    progress: bool = True,
+) -> Tensor:
     """`n` decoded candidates per caption: [len(captions)·n, 3, H, W], caption-major (rows p·n … p·n+n−1 are caption p).
 
     Candidates are drawn and decoded `sampling.batch_size` at a time with one `generator`.
@@ -231,21 +270,28 @@ def sample_images(models: Models, captions: list[str], n: int, sampling: Samplin
     rows = prior.text_tokens(captions).repeat_interleave(n, dim=0)
     empty_caption = prior.text_tokens([""]) if sampling.cfg_scale != 1.0 else None
     images = []
-    with tqdm(total=len(rows), desc="candidates", unit="img", disable=not progress) as bar:
+    with ProgressBar(total=len(rows), desc="candidates", unit="img", disable=not progress) as bar:
         for batch in rows.split(sampling.batch_size):
             codes = gpt_prior.sample(
-                prior.model, batch, 1,
-                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                cfg_scale=sampling.cfg_scale, empty_text_tokens=empty_caption,
-                generator=generator, bf16=models.bf16,
+                prior.model,
+                batch,
+                1,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                cfg_scale=sampling.cfg_scale,
+                empty_text_tokens=empty_caption,
+                generator=generator,
+                bf16=models.bf16,
             )
             images.append(decode(models, codes))
             bar.update(len(batch))
     return torch.cat(images)
 
 
-def generate_candidates(models: Models, prompt: str, n: int, sampling: SamplingSettings, seed: int,
-                        progress: bool = True) -> Candidates:
+def generate_candidates(
+    models: Models, prompt: str, n: int, sampling: SamplingSettings, seed: int, progress: bool = True
+) -> Candidates:
     """Draw `n` images for `prompt` with a generator seeded by `seed`, and score them when CLIP is loaded."""
     generator = torch.Generator(models.device).manual_seed(seed)
     images = sample_images(models, [prompt], n, sampling, generator, progress)
@@ -278,11 +324,18 @@ def write_prompt_folder(out: str | Path, candidates: Candidates, keep: int, reco
             score = None if scores is None else scores[index]
             file = rank_file_name(rank, keep) if rank <= keep else None
             if file is not None:
-                save_png(candidates.images[index], folder / file,
-                         metadata={**record, "rank": rank, "candidate": index, "score": score})
+                save_png(
+                    candidates.images[index],
+                    folder / file,
+                    metadata={**record, "rank": rank, "candidate": index, "score": score},
+                )
             ranked.append({"rank": rank, "candidate": index, "score": score, "file": file})
-        save_grid(candidates.images[order], folder / "grid.png", nrow=min(len(order), GRID_COLUMNS),
-                  metadata={**record, "scores": [entry["score"] for entry in ranked]})
+        save_grid(
+            candidates.images[order],
+            folder / "grid.png",
+            nrow=min(len(order), GRID_COLUMNS),
+            metadata={**record, "scores": [entry["score"] for entry in ranked]},
+        )
         results = {**record, "candidates": ranked, "grid": "grid.png"}
         with atomic_path(folder / "results.json") as temporary:
             temporary.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -298,9 +351,14 @@ def score_table(candidates: Candidates, keep: int) -> str:
         return f"  kept {keep} candidates in draw order (no CLIP: not scored)"
     order = candidates.order.tolist()
     lines = ["  rank  candidate  clip score"]
-    lines += [f"  {rank:>4}  {index:>9}  {candidates.scores[index]:>10.2f}" for rank, index in enumerate(order[:keep], start=1)]
+    lines += [
+        f"  {rank:>4}  {index:>9}  {candidates.scores[index]:>10.2f}"
+        for rank, index in enumerate(order[:keep], start=1)
+    ]
     scores = candidates.scores
-    lines.append(f"  kept {keep} of {len(scores)}; all scores {scores.min():.2f} … {scores.max():.2f}, median {scores.median():.2f}")
+    lines.append(
+        f"  kept {keep} of {len(scores)}; all scores {scores.min():.2f} … {scores.max():.2f}, median {scores.median():.2f}"
+    )
     return "\n".join(lines)
 
 
@@ -309,7 +367,7 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
     prompts = []
     if prompt is not None:
         if not prompt.strip():
-            raise ValueError("the prompt is empty; give some text, e.g. vqgan-clip generate \"a small red circle\"")
+            raise ValueError('the prompt is empty; give some text, e.g. vqgan-clip generate "a small red circle"')
         prompts.append(prompt.strip())
     if prompts_file is not None:
         path = Path(prompts_file)
@@ -330,7 +388,9 @@ def candidate_counts(rerank: int | None, keep: int) -> tuple[int, int]:
         raise ValueError(f"--keep must be >= 1, got {keep}")
     n = keep if rerank is None else rerank
     if n < keep:
-        raise ValueError(f"--rerank {n} draws fewer candidates than --keep {keep} keeps; use --rerank >= {keep} or a smaller --keep")
+        raise ValueError(
+            f"--rerank {n} draws fewer candidates than --keep {keep} keeps; use --rerank >= {keep} or a smaller --keep"
+        )
     return n, keep
 
 
@@ -340,14 +400,20 @@ def run(args: argparse.Namespace) -> None:
     SamplingSettings.from_args(args)  # bad flags fail before the models load
     need_clip = args.rerank is not None or args.clip is not None
     gpt, vqgan_path, clip = choose_checkpoints(args.gpt, args.vqgan, args.clip, need_clip, args.demo_models)
-    models = load_models(gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained,
-                         device=args.device, bf16=args.bf16)
+    models = load_models(
+        gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained, device=args.device, bf16=args.bf16
+    )
     sampling = SamplingSettings.from_args(args, models.prior.sampling)
     settings = {**asdict(sampling), "candidates": n, "keep": keep, "bf16": args.bf16, "device": str(models.device)}
     for prompt in prompts:
         candidates = generate_candidates(models, prompt, n, sampling, args.seed)
-        record = {"prompt": prompt, "seed": args.seed, "settings": settings, "checkpoints": models.checkpoints,
-                  "score_metric": SCORE_METRIC if models.scorer else None}
+        record = {
+            "prompt": prompt,
+            "seed": args.seed,
+            "settings": settings,
+            "checkpoints": models.checkpoints,
+            "score_metric": SCORE_METRIC if models.scorer else None,
+        }
         folder = write_prompt_folder(args.out, candidates, keep, record)
         print(f"{prompt!r} -> {folder}")
         print(score_table(candidates, keep))

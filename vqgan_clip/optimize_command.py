@@ -11,6 +11,7 @@ Each run gets its own folder under --out, named after the prompt and never reuse
 Models default to the shipped shapes models (`--demo-models`: those of the latest `vqgan-clip demo --train`).
 Ctrl-C ends the optimisation early; the current image and run.json are still written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,12 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 import clip_rerank
 import gpt_prior
@@ -32,6 +32,7 @@ import vqgan
 from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
 from imagetext.files import atomic_path, safe_name, unique_dir
 from imagetext.images import open_rgb, pil_to_tensor, save_png
+from imagetext.progress import ProgressBar
 from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
 from optimize.prompts import Prompt, TextPrompt, describe_prompt, parse_image_prompt, parse_noise_prompt, parse_prompts
 from vqgan_clip.generate import check_codebook, default_model, load_prior
@@ -41,47 +42,93 @@ FRAMES_IN_A_DEFAULT_VIDEO = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="TEXT[:WEIGHT[:STOP]], several joined by '|'; a negative weight repels, "
-                                       "e.g. 'a red circle:1|a blue square:-0.5'")
+    parser.add_argument(
+        "prompt",
+        help="TEXT[:WEIGHT[:STOP]], several joined by '|'; a negative weight repels, "
+        "e.g. 'a red circle:1|a blue square:-0.5'",
+    )
     prompts = parser.add_argument_group("more prompts")
-    prompts.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT[:STOP]]",
-                         help="steer toward (or, with a negative weight, away from) an image; repeatable")
-    prompts.add_argument("--noise-prompt", action="append", default=[], metavar="SEED[:WEIGHT[:STOP]]",
-                         help="a random direction in CLIP space, drawn from SEED; repeatable")
+    prompts.add_argument(
+        "--image-prompt",
+        action="append",
+        default=[],
+        metavar="PATH[:WEIGHT[:STOP]]",
+        help="steer toward (or, with a negative weight, away from) an image; repeatable",
+    )
+    prompts.add_argument(
+        "--noise-prompt",
+        action="append",
+        default=[],
+        metavar="SEED[:WEIGHT[:STOP]]",
+        help="a random direction in CLIP space, drawn from SEED; repeatable",
+    )
 
     start = parser.add_argument_group("start")
-    start.add_argument("--init", choices=("random", "image", "noise", "gpt"), default=None,
-                       help="random codes (default), --init-image encoded, pixel noise encoded, or a GPT prior sample")
+    start.add_argument(
+        "--init",
+        choices=("random", "image", "noise", "gpt"),
+        default=None,
+        help="random codes (default), --init-image encoded, pixel noise encoded, or a GPT prior sample",
+    )
     start.add_argument("--init-image", metavar="PATH", help="image to start from (implies --init image)")
-    start.add_argument("--gpt", metavar="CKPT|NAME", help="GPT prior for --init gpt (default: the shipped shapes prior)")
+    start.add_argument(
+        "--gpt", metavar="CKPT|NAME", help="GPT prior for --init gpt (default: the shipped shapes prior)"
+    )
     start.add_argument("--init-weight", type=float, default=0.0, help="pull z toward its start (default 0: off)")
 
     run_settings = parser.add_argument_group("optimisation")
-    run_settings.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
-                              help="image size, rounded to the VQGAN's downsample factor "
-                                   "(default: the VQGAN's training size, or the GPT prior's grid with --init gpt)")
+    run_settings.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        default=None,
+        help="image size, rounded to the VQGAN's downsample factor "
+        "(default: the VQGAN's training size, or the GPT prior's grid with --init gpt)",
+    )
     run_settings.add_argument("--iterations", type=int, default=200, help="optimisation steps (default 200)")
     run_settings.add_argument("--lr", type=float, default=0.1, help="Adam step size on z (default 0.1)")
-    run_settings.add_argument("--cutn", type=int, default=32, help="augmented cutouts CLIP scores per step (default 32)")
-    run_settings.add_argument("--cut-pow", type=float, default=1.0, help=">1 favours small cutouts, <1 large (default 1)")
+    run_settings.add_argument(
+        "--cutn", type=int, default=32, help="augmented cutouts CLIP scores per step (default 32)"
+    )
+    run_settings.add_argument(
+        "--cut-pow", type=float, default=1.0, help=">1 favours small cutouts, <1 large (default 1)"
+    )
     run_settings.add_argument("--seed", type=int, default=0, help="the same seed repeats the run (default 0)")
     run_settings.add_argument("--bf16", action="store_true", help="bf16 autocast for the VQGAN and CLIP")
-    run_settings.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                              help="cuda when available, else cpu")
+    run_settings.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when available, else cpu"
+    )
 
     models = parser.add_argument_group("models (default: the shipped shapes models)")
-    models.add_argument("--vqgan", metavar="CKPT|NAME", help="this project's VQGAN: .ckpt from `vqgan fit`, .safetensors "
-                                                             "bundle, or a shipped name")
-    models.add_argument("--vqgan-config", metavar="YAML", help="a taming-transformers model.yaml (with --vqgan-checkpoint)")
-    models.add_argument("--vqgan-checkpoint", metavar="CKPT", help="a taming-transformers checkpoint (with --vqgan-config)")
-    models.add_argument("--clip", metavar="SPEC", help="a CLIP checkpoint of this project, a shipped name, or an open_clip architecture")
+    models.add_argument(
+        "--vqgan",
+        metavar="CKPT|NAME",
+        help="this project's VQGAN: .ckpt from `vqgan fit`, .safetensors bundle, or a shipped name",
+    )
+    models.add_argument(
+        "--vqgan-config", metavar="YAML", help="a taming-transformers model.yaml (with --vqgan-checkpoint)"
+    )
+    models.add_argument(
+        "--vqgan-checkpoint", metavar="CKPT", help="a taming-transformers checkpoint (with --vqgan-config)"
+    )
+    models.add_argument(
+        "--clip", metavar="SPEC", help="a CLIP checkpoint of this project, a shipped name, or an open_clip architecture"
+    )
     models.add_argument("--clip-pretrained", metavar="TAG_OR_FILE", help="open_clip pretrained tag or weights file")
-    models.add_argument("--demo-models", action="store_true", help="where no model is named, use those of the latest "
-                                                                   "`vqgan-clip demo --train` (runs/demo/models.json)")
+    models.add_argument(
+        "--demo-models",
+        action="store_true",
+        help="where no model is named, use those of the latest `vqgan-clip demo --train` (runs/demo/models.json)",
+    )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--out", default="runs/optimize", help="parent folder of the run folders (default runs/optimize)")
-    output.add_argument("--save-every", type=int, default=0, metavar="N", help="save a frame every N steps (default: none)")
+    output.add_argument(
+        "--out", default="runs/optimize", help="parent folder of the run folders (default runs/optimize)"
+    )
+    output.add_argument(
+        "--save-every", type=int, default=0, metavar="N", help="save a frame every N steps (default: none)"
+    )
     output.add_argument("--video", action="store_true", help="join the frames into video.mp4 (ffmpeg) or video.gif")
 
 
@@ -92,11 +139,16 @@ def round_size(width: int, height: int, factor: int) -> tuple[int, int, str | No
     rounded = [max(factor, round(side / factor) * factor) for side in (width, height)]
     if rounded == [width, height]:
         return width, height, None
-    return (*rounded, f"--size {width} {height} is not a multiple of the VQGAN's downsample factor {factor}; "
-                      f"using {rounded[0]} {rounded[1]}")
+    return (
+        *rounded,
+        f"--size {width} {height} is not a multiple of the VQGAN's downsample factor {factor}; "
+        f"using {rounded[0]} {rounded[1]}",
+    )
 
 
-def load_models(args: argparse.Namespace, gpt_vqgan: Path | None) -> tuple[vqgan.VQGAN, clip_rerank.Scorer, dict[str, str | None]]:
+def load_models(
+    args: argparse.Namespace, gpt_vqgan: Path | None
+) -> tuple[vqgan.VQGAN, clip_rerank.Scorer, dict[str, str | None]]:
     """The VQGAN (this project's, a taming one, the GPT prior's own, or the demo's) and the CLIP scorer."""
     if args.vqgan_config or args.vqgan_checkpoint:
         if not (args.vqgan_config and args.vqgan_checkpoint):
@@ -114,8 +166,9 @@ def load_models(args: argparse.Namespace, gpt_vqgan: Path | None) -> tuple[vqgan
     return model.to(args.device), scorer, sources
 
 
-def gpt_layout(bundle: PriorBundle, prompts: list[Prompt], codebook_size: int, vqgan_name: str,
-               seed: int, device: str, bf16: bool) -> torch.Tensor:
+def gpt_layout(
+    bundle: PriorBundle, prompts: list[Prompt], codebook_size: int, vqgan_name: str, seed: int, device: str, bf16: bool
+) -> torch.Tensor:
     """One code grid [1, h, w] sampled by the GPT prior for the first positive text prompt."""
     texts = [p.text for p in prompts if isinstance(p, TextPrompt) and p.weight > 0]
     if not texts:
@@ -129,9 +182,22 @@ def write_video(frames: list[Path], folder: Path) -> Path:
     """mp4 through ffmpeg when it is on PATH (and works), else an animated GIF through Pillow."""
     if shutil.which("ffmpeg"):
         path = folder / "video.mp4"
-        command = ["ffmpeg", "-y", "-loglevel", "error", "-framerate", str(VIDEO_FPS),
-                   "-i", str(folder / "frames" / "%05d.png"), "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",
-                   "-pix_fmt", "yuv420p", "-f", "mp4"]
+        command = [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-framerate",
+            str(VIDEO_FPS),
+            "-i",
+            str(folder / "frames" / "%05d.png"),
+            "-vf",
+            "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mp4",
+        ]
         try:
             with atomic_path(path) as temporary:  # a failed encode leaves no video.mp4 behind
                 subprocess.run([*command, str(temporary)], capture_output=True, check=True)
@@ -144,15 +210,19 @@ def write_video(frames: list[Path], folder: Path) -> Path:
     path = folder / "video.gif"
     images = [Image.open(frame).convert("RGB") for frame in frames]
     with atomic_path(path) as temporary:
-        images[0].save(temporary, format="GIF", save_all=True, append_images=images[1:],
-                       duration=1000 // VIDEO_FPS, loop=0)
+        images[0].save(
+            temporary, format="GIF", save_all=True, append_images=images[1:], duration=1000 // VIDEO_FPS, loop=0
+        )
     print(f"video: {path} (Pillow GIF)")
     return path
 
 
 def run(args: argparse.Namespace) -> None:
-    prompts: list[Prompt] = [*parse_prompts(args.prompt), *map(parse_image_prompt, args.image_prompt),
-                             *map(parse_noise_prompt, args.noise_prompt)]
+    prompts: list[Prompt] = [
+        *parse_prompts(args.prompt),
+        *map(parse_image_prompt, args.image_prompt),
+        *map(parse_noise_prompt, args.noise_prompt),
+    ]
     init = args.init or ("image" if args.init_image else "random")
     if init == "image" and not args.init_image:
         raise ValueError("--init image needs --init-image PATH")
@@ -181,44 +251,69 @@ def run(args: argparse.Namespace) -> None:
 
     init_codes = init_image = None
     if bundle is not None:
-        init_codes = gpt_layout(bundle, prompts, model.codebook_size, sources["vqgan"], args.seed, args.device, args.bf16)
+        init_codes = gpt_layout(
+            bundle, prompts, model.codebook_size, sources["vqgan"], args.seed, args.device, args.bf16
+        )
     if args.init_image:
         if not Path(args.init_image).is_file():
             raise FileNotFoundError(f"--init-image {args.init_image} not found")
         init_image = pil_to_tensor(open_rgb(args.init_image))
-    settings = OptimizeSettings(width=width, height=height, iterations=args.iterations, lr=args.lr, cutn=args.cutn,
-                                cut_pow=args.cut_pow, init="codes" if init == "gpt" else init,
-                                init_weight=args.init_weight, seed=args.seed, bf16=args.bf16)
+    settings = OptimizeSettings(
+        width=width,
+        height=height,
+        iterations=args.iterations,
+        lr=args.lr,
+        cutn=args.cutn,
+        cut_pow=args.cut_pow,
+        init="codes" if init == "gpt" else init,
+        init_weight=args.init_weight,
+        seed=args.seed,
+        bf16=args.bf16,
+    )
 
     save_every = args.save_every
     if args.video and not save_every:
         save_every = max(1, args.iterations // FRAMES_IN_A_DEFAULT_VIDEO)
         print(f"--video without --save-every: saving a frame every {save_every} steps")
     folder = unique_dir(args.out, safe_name(args.prompt))
-    metadata = {"prompt": args.prompt, "prompts": [describe_prompt(p) for p in prompts], "seed": args.seed,
-                "init": init, "settings": asdict(settings), "models": sources}
+    metadata = {
+        "prompt": args.prompt,
+        "prompts": [describe_prompt(p) for p in prompts],
+        "seed": args.seed,
+        "init": init,
+        "settings": asdict(settings),
+        "models": sources,
+    }
     frames: list[Path] = []
 
     def save_frame(image: torch.Tensor, step: int) -> None:
         frames.append(save_png(image, folder / "frames" / f"{len(frames):05d}.png", metadata | {"step": step}))
 
     started = time.perf_counter()
-    with tqdm(total=settings.iterations, desc="optimize", unit="step") as bar:
+    with ProgressBar(total=settings.iterations, desc="optimize", unit="step") as bar:
+
         def on_step(info: StepInfo) -> None:
             bar.update(1)
-            bar.set_postfix(loss=f"{info.loss:.4f}", refresh=False)
+            bar.set_postfix(loss=info.loss, refresh=False)
             if save_every and info.step % save_every == 0:
                 save_frame(info.image, info.step)
 
-        result = optimize(model, scorer, prompts, settings, init_image=init_image, init_codes=init_codes, callback=on_step)
+        result = optimize(
+            model, scorer, prompts, settings, init_image=init_image, init_codes=init_codes, callback=on_step
+        )
     seconds = time.perf_counter() - started
     write_outputs(folder, result, metadata, seconds, save_frame if save_every else None)
     if args.video and frames:
         write_video(frames, folder)
 
 
-def write_outputs(folder: Path, result: OptimizeResult, metadata: dict, seconds: float,
-                  save_frame: Callable[[torch.Tensor, int], None] | None) -> None:
+def write_outputs(
+    folder: Path,
+    result: OptimizeResult,
+    metadata: dict,
+    seconds: float,
+    save_frame: Callable[[torch.Tensor, int], None] | None,
+) -> None:
     """final.png (and a last frame), then run.json; says so when the run was interrupted."""
     steps = len(result.losses)
     if save_frame is not None:
@@ -237,5 +332,8 @@ def write_outputs(folder: Path, result: OptimizeResult, metadata: dict, seconds:
         temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if result.interrupted:
         print(f"interrupted after {steps} of {metadata['settings']['iterations']} steps; saved the current image")
-    print(f"wrote {image} and {folder / 'run.json'} (final loss {result.losses[-1]:.4f})" if result.losses
-          else f"wrote {image} and {folder / 'run.json'}")
+    print(
+        f"wrote {image} and {folder / 'run.json'} (final loss {result.losses[-1]:.4f})"
+        if result.losses
+        else f"wrote {image} and {folder / 'run.json'}"
+    )

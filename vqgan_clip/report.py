@@ -3,6 +3,7 @@
 Every image is embedded as a base64 PNG data URI, so the one .html file can be mailed or published
 as it is. The same inputs give the same bytes (no timestamps anywhere).
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,7 +64,9 @@ def png_data_uri(image: Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def render_report(title: str, settings: dict[str, object], table: dict[str, dict[str, str]], sections: list[Section]) -> str:
+def render_report(
+    title: str, settings: dict[str, object], table: dict[str, dict[str, str]], sections: list[Section]
+) -> str:
     """The report as one HTML string.
 
     `table` maps each figure's name to its formatted value per column ({figure: {column: text}});
@@ -72,7 +75,9 @@ def render_report(title: str, settings: dict[str, object], table: dict[str, dict
     columns = list(dict.fromkeys(column for values in table.values() for column in values))
     header = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
     body = "\n".join(
-        f"<tr><td>{html.escape(figure)}</td>" + "".join(f"<td>{html.escape(values.get(column, ''))}</td>" for column in columns) + "</tr>"
+        f"<tr><td>{html.escape(figure)}</td>"
+        + "".join(f"<td>{html.escape(values.get(column, ''))}</td>" for column in columns)
+        + "</tr>"
         for figure, values in table.items()
     )
     parts = [
@@ -90,8 +95,9 @@ def render_report(title: str, settings: dict[str, object], table: dict[str, dict
     return "\n".join(parts) + "\n"
 
 
-def write_report(path: str | Path, title: str, settings: dict[str, object], table: dict[str, dict[str, str]],
-                 sections: list[Section]) -> Path:
+def write_report(
+    path: str | Path, title: str, settings: dict[str, object], table: dict[str, dict[str, str]], sections: list[Section]
+) -> Path:
     """Write `render_report(...)` to `path` atomically."""
     path = Path(path)
     with atomic_path(path) as temporary:
@@ -103,7 +109,11 @@ def _render_row(row: Row) -> str:
     tiles = []
     for tile in row.tiles:
         verdict = {True: ' class="ok"', False: ' class="wrong"', None: ""}[tile.ok]
-        tiles.append(f'<figure{verdict}><img src="{png_data_uri(tile.image)}" alt="{html.escape(tile.label)}">'
-                     f"<figcaption>{html.escape(tile.label)}</figcaption></figure>")
-    return (f'<div class="row"><div class="caption">{html.escape(row.caption)}</div>'
-            f'<div class="tiles">{"".join(tiles)}</div></div>')
+        tiles.append(
+            f'<figure{verdict}><img src="{png_data_uri(tile.image)}" alt="{html.escape(tile.label)}">'
+            f"<figcaption>{html.escape(tile.label)}</figcaption></figure>"
+        )
+    return (
+        f'<div class="row"><div class="caption">{html.escape(row.caption)}</div>'
+        f'<div class="tiles">{"".join(tiles)}</div></div>'
+    )

@@ -1,4 +1,5 @@
 """`vqgan-clip tokenize`: encode a dataset's train and val images once into code shards for the GPT prior."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,12 +8,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
-from tqdm import tqdm
 
 import vqgan
 from imagetext.code_shards import shard_path, write_code_shard, write_manifest
 from imagetext.datamodule import ImageTextDataModule, collate_image_text
 from imagetext.files import file_sha256
+from imagetext.progress import ProgressBar
 
 
 def data_module_for(data: str, image_size: int, batch_size: int, num_workers: int) -> ImageTextDataModule:
@@ -31,8 +32,9 @@ def data_module_for(data: str, image_size: int, batch_size: int, num_workers: in
     return module
 
 
-def encode_split(model, dataset: Dataset, out: Path, split: str, shard_size: int, batch_size: int,
-                 num_workers: int, bf16: bool) -> list[dict]:
+def encode_split(
+    model, dataset: Dataset, out: Path, split: str, shard_size: int, batch_size: int, num_workers: int, bf16: bool
+) -> list[dict]:
     """Encode `dataset` in order into shards of `shard_size` items.
 
     Resume: complete shards already on disk are kept and their items skipped (an iterable dataset,
@@ -49,12 +51,16 @@ def encode_split(model, dataset: Dataset, out: Path, split: str, shard_size: int
     pending_captions: list[list[str]] = []
 
     def flush(n: int) -> None:
-        path = write_code_shard(shard_path(out, split, len(shards)), torch.stack(pending_codes[:n]), pending_captions[:n])
+        path = write_code_shard(
+            shard_path(out, split, len(shards)), torch.stack(pending_codes[:n]), pending_captions[:n]
+        )
         shards.append({"file": path.relative_to(out).as_posix(), "n": n})
         del pending_codes[:n], pending_captions[:n]
 
     loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text)
-    with tqdm(total=None if iterable else len(dataset), initial=done * shard_size, desc=f"tokenize {split}", unit="img") as bar:
+    with ProgressBar(
+        total=None if iterable else len(dataset), initial=done * shard_size, desc=f"tokenize {split}", unit="img"
+    ) as bar:
         for batch in loader:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 pending_codes += list(model.encode_codes(batch["image"].to(device)).cpu())
@@ -77,13 +83,18 @@ def run(args: argparse.Namespace) -> None:
     for split, dataset in (("train", data.train_set), ("val", data.val_set)):
         shards = encode_split(model, dataset, out, split, args.shard_size, args.batch_size, args.num_workers, args.bf16)
         splits[split] = {"n": sum(s["n"] for s in shards), "shards": shards}
-    manifest = write_manifest(out, {
-        "vqgan": str(Path(args.vqgan).resolve()),
-        "vqgan_sha256": file_sha256(args.vqgan),
-        "codebook_size": model.codebook_size,
-        "grid": list(grid),
-        "image_size": image_size,
-        "data": str(args.data),
-        "splits": splits,
-    })
-    print(f"wrote {splits['train']['n']} train and {splits['val']['n']} val code grids {grid[0]}×{grid[1]} to {out} ({manifest.name})")
+    manifest = write_manifest(
+        out,
+        {
+            "vqgan": str(Path(args.vqgan).resolve()),
+            "vqgan_sha256": file_sha256(args.vqgan),
+            "codebook_size": model.codebook_size,
+            "grid": list(grid),
+            "image_size": image_size,
+            "data": str(args.data),
+            "splits": splits,
+        },
+    )
+    print(
+        f"wrote {splits['train']['n']} train and {splits['val']['n']} val code grids {grid[0]}×{grid[1]} to {out} ({manifest.name})"
+    )

@@ -8,6 +8,7 @@
 They travel with the package, so a plain `pip install` finds them from any folder; in a clone the
 top-level `configs/` links here, so `-c configs/vqgan/shapes.yaml` names the same file.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -34,8 +35,10 @@ def packaged_config(stage: str, name: str) -> Path:
     """`stage`'s packaged config called `name` (with or without .yaml); an unknown name lists the known."""
     stem = name[: -len(CONFIG_SUFFIX)] if name.endswith(CONFIG_SUFFIX) else name
     if stem not in config_names(stage):
-        raise FileNotFoundError(f"no config file {name!r} and no packaged {stage} config of that name "
-                                f"(packaged: {', '.join(config_names(stage))}); give a path to a YAML file")
+        raise FileNotFoundError(
+            f"no config file {name!r} and no packaged {stage} config of that name "
+            f"(packaged: {', '.join(config_names(stage))}); give a path to a YAML file"
+        )
     return config_dir(stage) / f"{stem}{CONFIG_SUFFIX}"
 
 

@@ -6,6 +6,7 @@ made (command, data, steps, wall time, eval figures) and holds its sha256 on a l
 `shipped_file` refuses a file whose digest differs from its card, so what loads is what the card
 describes. The files are package data: `pip install .` carries them.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,6 +72,8 @@ def shipped_file(stage: str, name: str) -> Path:
     path = shipped_dir(stage) / f"{name}.safetensors"
     expected, actual = card_sha256(path.with_suffix(".md")), file_sha256(path)
     if actual != expected:
-        raise ShippedModelError(f"shipped {stage} model {path} has sha256 {actual[:12]}…, its card says "
-                                f"{expected[:12]}…: the file was changed; reinstall the package")
+        raise ShippedModelError(
+            f"shipped {stage} model {path} has sha256 {actual[:12]}…, its card says "
+            f"{expected[:12]}…: the file was changed; reinstall the package"
+        )
     return path
