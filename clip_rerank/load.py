@@ -142,7 +142,7 @@ def _create_with_weights(architecture: str, pretrained: str | Path | None) -> to
     pretrained_path = Path(pretrained)
     if pretrained_path.is_file() and pretrained_path.suffix == ".ckpt":
         _, state_dict = _read_lightning_checkpoint(pretrained_path)
-        with _quiet_random_init_warning():
+        with _quiet_open_clip_log():
             model = open_clip.create_model(architecture)
         _load_weights(model, state_dict, pretrained_path, architecture)
         return model
@@ -152,8 +152,18 @@ def _create_with_weights(architecture: str, pretrained: str | Path | None) -> to
         except (RuntimeError, AssertionError) as error:  # open_clip reports some mismatches by assert
             raise _does_not_fit(pretrained_path, architecture, error) from error
     tags = open_clip.list_pretrained_tags_by_model(architecture)
-    if str(pretrained) in tags:
-        return open_clip.create_model(architecture, pretrained=str(pretrained))  # downloads on first use
+    if str(pretrained) in tags:  # open_clip downloads the weights on first use, into its own cache
+        try:
+            with _quiet_open_clip_log(logging.CRITICAL):
+                return open_clip.create_model(architecture, pretrained=str(pretrained))
+        except RuntimeError as error:
+            if "download" not in str(error).lower():
+                raise
+            raise ValueError(
+                f"could not download open_clip's {architecture} weights {str(pretrained)!r} (offline?); open_clip keeps "
+                f"them in its cache (the Hugging Face hub cache, ~/.cache/huggingface) once fetched with a connection, "
+                f"or pass a weights file you have as pretrained (--clip-pretrained PATH)"
+            ) from None
     if pretrained_path.suffix or len(pretrained_path.parts) > 1:
         raise FileNotFoundError(f"no CLIP weights file at {pretrained}; check the path")
     raise ValueError(
@@ -191,7 +201,7 @@ def _create_from_config(model_config: dict, preprocess: dict) -> tuple[torch.nn.
     with tempfile.TemporaryDirectory() as folder:
         config = {"model_cfg": model_config, "preprocess_cfg": preprocess}
         (Path(folder) / "open_clip_config.json").write_text(json.dumps(config))
-        with _quiet_random_init_warning():
+        with _quiet_open_clip_log():
             model = open_clip.create_model(f"local-dir:{folder}")
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     return model, tokenizer
@@ -238,12 +248,13 @@ def _does_not_fit(source: Path, architecture: str, error: Exception) -> ValueErr
 
 
 @contextlib.contextmanager
-def _quiet_random_init_warning() -> Iterator[None]:
-    """Hide open_clip's 'initialized randomly' warning (sent to the root logger) when weights follow at once."""
+def _quiet_open_clip_log(level: int = logging.ERROR) -> Iterator[None]:
+    """Hide open_clip's messages below `level` (it logs to the root logger): its 'initialized randomly'
+    warning when weights follow at once, its download error where ours replaces it."""
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    previous = root.level
+    root.setLevel(level)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.setLevel(previous)

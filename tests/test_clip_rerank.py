@@ -1,6 +1,9 @@
 """clip_rerank: loading (config name, config file, local weights, own checkpoints), Scorer, metrics."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import open_clip
@@ -310,3 +313,32 @@ def test_trained_tiny_clip_scores_the_matching_caption_higher(micro_config_file)
     similarity = scorer.encode_images(held_out_images) @ scorer.encode_text(held_out_captions).T
     matching, mismatched = similarity.diagonal(), similarity.roll(-1, dims=1).diagonal()
     assert (matching > mismatched).sum().item() >= 80
+
+
+def test_an_open_clip_tag_offline_is_one_line_naming_the_cache(tmp_path):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # no network, empty cache
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vqgan_clip",
+            "optimize",
+            "a red circle",
+            "--clip",
+            "RN50",
+            "--clip-pretrained",
+            "openai",
+            "--iterations",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert result.returncode != 0 and result.stderr.strip().count("\n") == 0
+    assert (
+        "could not download open_clip's RN50 weights 'openai'" in result.stderr and "--clip-pretrained" in result.stderr
+    )
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import types
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from vqgan.discriminator import (
@@ -225,6 +226,24 @@ def test_from_taming_loads_model_yaml_and_lightning1_checkpoint(tmp_path, lightn
     model, discriminator = from_taming(config_yaml, ckpt, keep_discriminator=True)
     assert torch.equal(discriminator.main[6].running_var, state["loss.discriminator.main.6.running_var"])
     assert discriminator(images(size=32)).shape == (2, 1, 6, 6)
+
+
+def test_from_taming_takes_the_first_stage_of_a_taming_transformer(tmp_path):
+    """COCO, FacesHQ and S-FLCKR are Net2NetTransformer runs: the VQGAN is params.first_stage_config."""
+    first_stage = yaml.safe_load(TAMING_YAML)["model"]
+    transformer = {
+        "target": "taming.models.cond_transformer.Net2NetTransformer",
+        "params": {"first_stage_config": first_stage},
+    }
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump({"model": transformer}))
+    state = {f"first_stage_model.{k}": v for k, v in taming_checkpoint_state().items()}
+    state |= {
+        "transformer.tok_emb.weight": torch.zeros(4, 2),
+        "cond_stage_model.encoder.conv_in.weight": torch.zeros(1),
+    }
+    torch.save({"state_dict": state}, tmp_path / "last.ckpt")
+    model = from_taming(tmp_path / "project.yaml", tmp_path / "last.ckpt")
+    assert torch.equal(model.quantize.embedding.weight, state["first_stage_model.quantize.embedding.weight"])
 
 
 def test_from_taming_names_missing_and_unexpected_keys(tmp_path, lightning1_callback_class):

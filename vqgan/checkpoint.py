@@ -1,6 +1,7 @@
 """Loading and exporting this project's VQGANs, without unpickling anything.
 
-Two formats load with `vqgan.load(path)`, and a short name ("shapes") loads a shipped bundle:
+Two formats load with `vqgan.load(path)`; a short name loads a shipped bundle ("shapes") or a public
+taming VQGAN ("vqgan_imagenet_f16_16384", downloaded once: vqgan.pretrained):
 - a Lightning checkpoint of `vqgan fit` (`.ckpt`): read with `torch.load(weights_only=True)`; the
   architecture comes from its saved hyperparameters, the weights from its `model.*` entries;
 - an inference bundle (`.safetensors`): the VQGAN's weights, with its config as JSON in the file's
@@ -19,8 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from imagetext.files import atomic_path
-from imagetext.shipped import resolve
+from imagetext.shipped import ShippedModelError, resolve
 from vqgan.model import VQGAN, VQGANConfig
+from vqgan.pretrained import PUBLIC_VQGANS, load_public
 
 BUNDLE_CONFIG_KEY = "vqgan_config"
 
@@ -34,9 +36,14 @@ def config_from_hparams(hparams: Mapping[str, Any]) -> VQGANConfig:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
-    """A VQGAN in eval mode from a `vqgan fit` checkpoint (.ckpt), an inference bundle (.safetensors), or a
-    shipped bundle's short name."""
-    path = resolve("vqgan", path)
+    """A VQGAN in eval mode from a `vqgan fit` checkpoint (.ckpt), an inference bundle (.safetensors), a
+    shipped bundle's short name, or the name of a public taming VQGAN."""
+    if str(path) in PUBLIC_VQGANS:
+        return load_public(str(path)).to(map_location)
+    try:
+        path = resolve("vqgan", path)
+    except ShippedModelError as error:
+        raise ShippedModelError(f"{error}; public taming VQGANs: {', '.join(PUBLIC_VQGANS)}") from None
     if not path.is_file():
         raise FileNotFoundError(
             f"VQGAN checkpoint {path} not found; give a .ckpt from `vqgan fit`, a .safetensors "

@@ -25,6 +25,10 @@ from vqgan.model import VQGAN, EncoderConfig, VQGANConfig
 from vqgan.quantize import QuantizerConfig
 
 TAMING_MODELS = {"VQModel": "vq", "GumbelVQ": "gumbel"}  # model.target class name -> quantizer kind
+# taming's transformers (COCO, FacesHQ, S-FLCKR) hold their VQGAN as the first stage: params.first_stage_config,
+# weights under first_stage_model.*
+TAMING_TRANSFORMER = "Net2NetTransformer"
+FIRST_STAGE_PREFIX = "first_stage_model."
 
 
 class _LightningCallbackKey:
@@ -49,17 +53,24 @@ class TamingConfig:
     vqgan: VQGANConfig
     loss_target: str | None = None
     loss_params: dict[str, Any] = field(default_factory=dict)
+    state_prefix: str = ""  # where the VQGAN's weights sit in the checkpoint's state_dict
 
 
 def taming_config(config_yaml: str | Path) -> TamingConfig:
-    """Read taming's model.yaml (`model.target`, `model.params.{embed_dim, n_embed, ddconfig, lossconfig}`)."""
+    """Read taming's model.yaml (`model.target`, `model.params.{embed_dim, n_embed, ddconfig, lossconfig}`); of a
+    taming transformer's config, its first stage (`model.params.first_stage_config`)."""
     from omegaconf import OmegaConf
 
     raw = OmegaConf.to_container(OmegaConf.load(config_yaml), resolve=True)
     model = raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(model, dict) or "target" not in model or not isinstance(model.get("params"), dict):
         raise ValueError(f"{config_yaml} is not a taming model.yaml: expected model.target and model.params")
-    target, params = model["target"], model["params"]
+    target, params, prefix = model["target"], model["params"], ""
+    if target.rsplit(".", 1)[-1] == TAMING_TRANSFORMER:
+        first_stage = params.get("first_stage_config")
+        if not isinstance(first_stage, dict) or not isinstance(first_stage.get("params"), dict):
+            raise ValueError(f"{config_yaml}: a {TAMING_TRANSFORMER} config without model.params.first_stage_config")
+        target, params, prefix = first_stage.get("target", ""), first_stage["params"], FIRST_STAGE_PREFIX
     kind = TAMING_MODELS.get(target.rsplit(".", 1)[-1])
     if kind is None:
         raise ValueError(
@@ -84,7 +95,9 @@ def taming_config(config_yaml: str | Path) -> TamingConfig:
         quantizer=quantizer,
     )
     loss = params.get("lossconfig") or {}
-    return TamingConfig(vqgan=vqgan, loss_target=loss.get("target"), loss_params=dict(loss.get("params") or {}))
+    return TamingConfig(
+        vqgan=vqgan, loss_target=loss.get("target"), loss_params=dict(loss.get("params") or {}), state_prefix=prefix
+    )
 
 
 def load_taming_state_dict(ckpt: str | Path) -> dict[str, Tensor]:
@@ -101,6 +114,8 @@ def load_taming_state_dict(ckpt: str | Path) -> dict[str, Tensor]:
             f"weights once: python -c \"import torch; c = torch.load('{ckpt}', map_location='cpu', weights_only=False); "
             f"torch.save({{'state_dict': c['state_dict']}}, 'weights.ckpt')\" and load weights.ckpt"
         ) from None
+    except (RuntimeError, EOFError) as error:  # torch's zip reader on a truncated or non-checkpoint file
+        raise ValueError(f"{ckpt} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{ckpt} has no state_dict of tensors; is it a taming-transformers checkpoint?")
@@ -148,6 +163,8 @@ def from_taming(
     """
     config = taming_config(config_yaml)
     state = load_taming_state_dict(ckpt)
+    if config.state_prefix:
+        state = {k.removeprefix(config.state_prefix): v for k, v in state.items() if k.startswith(config.state_prefix)}
     model = VQGAN(config.vqgan)
     load_exact(model, {k: v for k, v in state.items() if not k.startswith("loss.")}, f"{ckpt} (with {config_yaml})")
     model.eval()

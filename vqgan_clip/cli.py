@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     shard.set_defaults(run=data_commands.write_shards)
 
     tok = commands.add_parser("tokenize", help="encode a dataset once into VQGAN code shards for the GPT prior")
-    tok.add_argument("--vqgan", required=True, help="VQGAN checkpoint (.ckpt from `vqgan fit`, or .safetensors bundle)")
+    tok.add_argument(
+        "--vqgan", required=True, help="VQGAN: .ckpt from `vqgan fit`, .safetensors bundle, or a public taming name"
+    )
     tok.add_argument("--data", required=True, help="an image–caption folder, or a YAML config with a data: block")
     tok.add_argument("--out", required=True, help="output folder for the code shards")
     tok.add_argument("--image-size", type=int, default=None, help="default: the VQGAN's training resolution")

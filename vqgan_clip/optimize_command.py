@@ -104,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument(
         "--vqgan",
         metavar="CKPT|NAME",
-        help="this project's VQGAN: .ckpt from `vqgan fit`, .safetensors bundle, or a shipped name",
+        help="this project's VQGAN (.ckpt from `vqgan fit`, .safetensors bundle, a shipped name) or a public "
+        "taming VQGAN by name (vqgan_imagenet_f16_16384, vqgan_gumbel_f8_8192, wikiart_16384, …; downloaded once)",
     )
     models.add_argument(
         "--vqgan-config", metavar="YAML", help="a taming-transformers model.yaml (with --vqgan-checkpoint)"
