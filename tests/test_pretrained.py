@@ -5,11 +5,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+import yaml
 from test_vqgan_model import TAMING_YAML, images, taming_checkpoint_state
 
 import vqgan
 from imagetext.download import CACHE_ENV, DownloadError, cache_dir
 from vqgan import pretrained
+from vqgan.lightning import VQGANModule
 from vqgan.pretrained import PublicVQGAN
 
 
@@ -105,3 +107,24 @@ def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch):
 def test_an_unknown_name_lists_the_shipped_and_the_public_ones():
     with pytest.raises(ValueError, match=r"shipped: shapes.*public taming VQGANs: vqgan_imagenet_f16_1024"):
         vqgan.load("imagenet_f16_16384")
+
+
+def test_vqgan_fit_can_start_from_a_public_taming_vqgan_by_name(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    public(monkeypatch, server["url"])
+    params = yaml.safe_load(TAMING_YAML)["model"]["params"]
+    module = VQGANModule(
+        ddconfig=params["ddconfig"],
+        embed_dim=8,
+        n_embed=16,
+        quantizer={},
+        perceptual_weight=0.0,
+        disc_ndf=8,
+        disc_layers=2,
+        init_from_taming={"name": "tiny_taming"},
+    )
+    assert torch.equal(module.model.quantize.embedding.weight, server["state"]["quantize.embedding.weight"])
+    disc = server["state"]["loss.discriminator.main.6.running_var"]
+    assert torch.equal(module.discriminator.main[6].running_var, disc)
+    with pytest.raises(ValueError, match="init_from_taming takes"):
+        VQGANModule(ddconfig=params["ddconfig"], embed_dim=8, n_embed=16, init_from_taming={"config": "x.yaml"})

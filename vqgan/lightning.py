@@ -24,6 +24,7 @@ from vqgan.checkpoint import config_from_hparams
 from vqgan.discriminator import NLayerDiscriminator, adaptive_disc_weight, discriminator_loss, generator_loss
 from vqgan.model import VQGAN
 from vqgan.perceptual import LPIPSLoss
+from vqgan.pretrained import public_files, public_names
 from vqgan.quantize import CodebookUsage
 from vqgan.taming import from_taming
 
@@ -50,8 +51,9 @@ class VQGANModule(pl.LightningModule):
         disc_loss: "hinge" or "vanilla". disc_ndf, disc_layers: PatchGAN width and depth.
         adaptive_weight_clamp: upper bound of the adaptive weight (taming: 1e4).
         channels_last: run the convolutions in channels_last memory format.
-        init_from_taming: {config: model.yaml, checkpoint: last.ckpt} to fine-tune a taming VQGAN
-            (its discriminator is taken over when the shapes match).
+        init_from_taming: {config: model.yaml, checkpoint: last.ckpt}, or {name: vqgan_imagenet_f16_1024} for a
+            public one (downloaded once, vqgan.pretrained), to fine-tune a taming VQGAN (its discriminator
+            is taken over when the shapes match).
         grid_images: how many validation images the per-epoch reconstruction grid shows.
     """
 
@@ -91,11 +93,17 @@ class VQGANModule(pl.LightningModule):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def _load_taming(self, paths: dict[str, str]) -> None:
-        missing = {"config", "checkpoint"} - set(paths)
-        if missing:
-            raise ValueError(f"init_from_taming needs keys config and checkpoint; missing {sorted(missing)}")
-        taming_model, taming_disc = from_taming(paths["config"], paths["checkpoint"], keep_discriminator=True)
+    def _load_taming(self, source: dict[str, str]) -> None:
+        if set(source) == {"name"}:
+            config, checkpoint = public_files(source["name"])
+        elif {"config", "checkpoint"} <= set(source):
+            config, checkpoint = source["config"], source["checkpoint"]
+        else:
+            raise ValueError(
+                f"init_from_taming takes {{config: model.yaml, checkpoint: last.ckpt}} or {{name: "
+                f"PUBLIC_NAME}} ({', '.join(public_names())}); got keys {sorted(source)}"
+            )
+        taming_model, taming_disc = from_taming(config, checkpoint, keep_discriminator=True)
         self.model.load_state_dict(taming_model.state_dict(), strict=True)
         if taming_disc is not None:
             self.discriminator.load_state_dict(taming_disc.state_dict(), strict=True)
