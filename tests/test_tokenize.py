@@ -11,6 +11,7 @@ from imagetext.code_shards import read_code_shard, read_manifest
 from imagetext.datamodule import ImageTextDataModule
 from imagetext.shapes import write_shapes_folder
 from vqgan_clip.cli import main
+from vqgan_clip.tokenize import data_module_for
 
 TINY_VQGAN = {
     "embed_dim": 8,
@@ -104,3 +105,11 @@ def test_missing_inputs_are_one_line_errors(tmp_path, bundle):
     assert result.returncode != 0 and "VQGAN checkpoint" in result.stderr and result.stderr.count("\n") == 1
     with pytest.raises(FileNotFoundError, match="not a finished code-shard folder"):
         read_manifest(tmp_path / "o")
+
+
+def test_a_packaged_data_block_is_found_by_its_short_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = data_module_for("shapes-64k", image_size=32, batch_size=8, num_workers=0)
+    assert (len(data.train_set), len(data.val_set)) == (64_000, 500)  # the shipped GPT prior's codes
+    with pytest.raises(FileNotFoundError, match="no packaged data config"):
+        data_module_for("shapes-65k", image_size=32, batch_size=8, num_workers=0)

@@ -11,14 +11,16 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 import vqgan
 from imagetext.code_shards import shard_path, write_code_shard, write_manifest
+from imagetext.configs import resolve_config
 from imagetext.datamodule import ImageTextDataModule, collate_image_text
 from imagetext.files import file_sha256
 from imagetext.progress import ProgressBar
 
 
 def data_module_for(data: str, image_size: int, batch_size: int, num_workers: int) -> ImageTextDataModule:
-    """A folder path, or a YAML file with a `data:` block (any stage's config) or a bare data block."""
-    path = Path(data)
+    """A folder path, or a YAML file with a `data:` block (any stage's config) or a bare data block, or the
+    short name of a packaged data block (`shapes-64k`)."""
+    path = resolve_config("data", data)
     if path.is_dir():
         settings = {"source": "folder", "path": str(path)}
     elif path.is_file() and path.suffix in (".yaml", ".yml"):

@@ -4,6 +4,7 @@
     imagetext/configs/gpt_prior/shapes.yaml      gpt-prior fit -c shapes
     imagetext/configs/clip_rerank/shapes.yaml    clip-rerank fit -c shapes
     imagetext/configs/clip_rerank/clip-*.json    open_clip architectures (clip_rerank.load("clip-tiny-32"))
+    imagetext/configs/data/shapes-64k.yaml       vqgan-clip tokenize --data shapes-64k (a bare data: block)
 
 They travel with the package, so a plain `pip install` finds them from any folder; in a clone the
 top-level `configs/` links here, so `-c configs/vqgan/shapes.yaml` names the same file.
@@ -16,14 +17,16 @@ from pathlib import Path
 
 from imagetext import STAGES
 
+KINDS = (*STAGES, "data")  # a folder of configs each
 CONFIG_SUFFIX = ".yaml"
 
 
-def config_dir(stage: str) -> Path:
-    """The folder of `stage`'s packaged configs (a real folder: open_clip and omegaconf read paths)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
-    return Path(str(resources.files(__package__))) / stage
+def config_dir(kind: str) -> Path:
+    """The folder of a stage's packaged configs, or of the data blocks ("data"); a real folder, since
+    open_clip and omegaconf read paths."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of config {kind!r}; use one of {', '.join(KINDS)}")
+    return Path(str(resources.files(__package__))) / kind
 
 
 def config_names(stage: str) -> list[str]:
