@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import glob
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,41 +17,85 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step.
+    """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step, with the
+    usual permissions (umask), whatever the writer set.
 
-    On an exception the temporary file is removed and `path` keeps whatever it had before.
+    On an exception the temporary file is removed and `path` keeps whatever it had before. Temporary
+    files a killed run left for the same `path` are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale(path.parent, f".{path.name}.", r"(\d+)\.\w+\.tmp")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp (and the safetensors writer) make 0600
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
 
 
+@contextlib.contextmanager
+def partial_dir(parent: str | Path, name: str) -> Iterator[Path]:
+    """A new hidden folder `parent/.NAME.partial-PID-…` to build an output folder in; removed if the block
+    fails (Ctrl-C and SIGTERM included). `publish_dir` gives it its name. Partial folders of `name` that a
+    killed run left behind are removed first."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(parent, f".{name}.partial-", r"(\d+)-\w+")
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}-", dir=parent))
+    os.chmod(folder, 0o777 & ~_umask())  # mkdtemp makes 0700
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish_dir(partial: Path, parent: str | Path, name: str) -> Path:
+    """Rename a completed `partial_dir` to `parent/name`, or `name-2`, `-3`, … where taken (never onto an
+    existing folder that holds anything); the folder's final path."""
+    for attempt in range(1, 100_000):
+        candidate = Path(parent) / (name if attempt == 1 else f"{name}-{attempt}")
+        if candidate.exists():
+            continue
+        try:
+            os.rename(partial, candidate)  # fails on a folder another run published a moment ago
+            return candidate
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    raise RuntimeError(f"no free folder name for {name!r} under {parent}")
+
+
+def remove_stale(parent: Path, prefix: str, rest: str) -> None:
+    """Remove the temporary files and folders in `parent` named PREFIX + `rest` (a pattern whose first
+    group is the writer's pid) whose writer has ended."""
+    for leftover in parent.glob(f"{glob.escape(prefix)}*"):
+        pid = re.fullmatch(rest, leftover.name[len(prefix) :])
+        if pid is None or _alive(int(pid.group(1))):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def unique_dir(parent: str | Path, name: str) -> Path:
-    """Create and return `parent/name`, or `parent/name-2`, `-3`, … if taken: never reuse a folder."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, 100_000):
-        candidate = parent / (name if attempt == 1 else f"{name}-{attempt}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"no free folder name for {name!r} under {parent}")
 
 
 def safe_name(text: str, max_length: int = 60) -> str:

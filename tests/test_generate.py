@@ -1,6 +1,11 @@
 """`vqgan-clip generate` end to end on tiny checkpoints: files, names, metadata, sort order, seeds, bad input."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -254,3 +259,33 @@ def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, monkeypatch,
     message = str(exit_info.value.code)
     assert message.startswith("vqgan-clip generate: error:") and expected in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def generate_until_its_folder_is_being_written(out: Path) -> subprocess.Popen:
+    """`vqgan-clip generate` with the shipped models, stopped at nothing yet: returns once the hidden
+    folder it writes the images into exists (many candidates, so the writing takes a while)."""
+    command = [sys.executable, "-m", "vqgan_clip", "generate", "a large red circle", "--rerank", "256", "--keep", "256"]
+    process = subprocess.Popen([*command, "--seed", "0", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".a-large-red-circle.partial-*/*.png")):
+        assert process.poll() is None and time.monotonic() < deadline, "generate ended before writing"
+        time.sleep(0.002)
+    return process
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigkill_leave_no_half_written_folder(tmp_path):
+    out = tmp_path / "out"
+    process = generate_until_its_folder_is_being_written(out)
+    process.send_signal(signal.SIGTERM)  # what timeout and schedulers send: handled like Ctrl-C
+    assert process.wait(60) != 0 and "interrupted" in process.stderr.read()
+    assert os.listdir(out) == []
+
+    process = generate_until_its_folder_is_being_written(out)
+    process.kill()
+    process.wait(60)
+    (partial,) = out.iterdir()  # kill -9 cannot clean up, but leaves only the hidden partial folder
+    assert partial.name.startswith(".a-large-red-circle.partial-")
+    main(["generate", "a large red circle", "--rerank", "2", "--keep", "2", "--seed", "0", "--out", str(out)])
+    (folder,) = out.iterdir()  # the next run removed the killed run's leftovers
+    assert folder.name == "a-large-red-circle" and (folder / "results.json").is_file()

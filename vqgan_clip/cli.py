@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from vqgan_clip import data_commands, demo, evaluate, export, generate, optimize_command, tokenize
@@ -180,9 +181,14 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def stop_as_interrupted(signum: int, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (timeout, schedulers) ends a run the way Ctrl-C does: cleaned up
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, stop_as_interrupted)
     try:
         args.run(args)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:

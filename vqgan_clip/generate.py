@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import pickle
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import gpt_prior
 import vqgan
 from clip_rerank.metrics import clip_score
 from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
-from imagetext.files import atomic_path, file_sha256, safe_name, unique_dir
+from imagetext.files import atomic_path, file_sha256, partial_dir, publish_dir, safe_name
 from imagetext.images import save_grid, save_png
 from imagetext.progress import ProgressBar
 from imagetext.shipped import resolve, resolve_if_shipped, shipped_names
@@ -312,13 +311,14 @@ def write_prompt_folder(out: str | Path, candidates: Candidates, keep: int, reco
     - grid.png: all candidates, best first;
     - results.json: `record` and every candidate's draw index, rank, score and file.
 
-    `record` holds what the files should carry (prompt, seed, settings, checkpoints). If writing
-    fails the folder is removed: a folder exists complete or not at all.
+    `record` holds what the files should carry (prompt, seed, settings, checkpoints). The folder is
+    written under a hidden name and renamed when complete: it exists complete or not at all, whatever
+    stops the run.
     """
     order = candidates.order.tolist()
     scores = None if candidates.scores is None else candidates.scores.tolist()
-    folder = unique_dir(out, safe_name(candidates.prompt))
-    try:
+    name = safe_name(candidates.prompt)
+    with partial_dir(out, name) as folder:
         ranked = []
         for rank, index in enumerate(order, start=1):
             score = None if scores is None else scores[index]
@@ -339,10 +339,7 @@ def write_prompt_folder(out: str | Path, candidates: Candidates, keep: int, reco
         results = {**record, "candidates": ranked, "grid": "grid.png"}
         with atomic_path(folder / "results.json") as temporary:
             temporary.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder
+        return publish_dir(folder, out, name)
 
 
 def score_table(candidates: Candidates, keep: int) -> str:

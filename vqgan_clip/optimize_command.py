@@ -30,7 +30,7 @@ import clip_rerank
 import gpt_prior
 import vqgan
 from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
-from imagetext.files import atomic_path, safe_name, unique_dir
+from imagetext.files import atomic_path, partial_dir, publish_dir, safe_name
 from imagetext.images import open_rgb, pil_to_tensor, save_png
 from imagetext.progress import ProgressBar
 from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
@@ -202,7 +202,7 @@ def write_video(frames: list[Path], folder: Path) -> Path:
         try:
             with atomic_path(path) as temporary:  # a failed encode leaves no video.mp4 behind
                 subprocess.run([*command, str(temporary)], capture_output=True, check=True)
-            print(f"video: {path} (ffmpeg)")
+            print(f"video: {path.name} (ffmpeg)")
             return path
         except subprocess.CalledProcessError:
             print("ffmpeg failed; writing an animated GIF with Pillow instead")
@@ -214,7 +214,7 @@ def write_video(frames: list[Path], folder: Path) -> Path:
         images[0].save(
             temporary, format="GIF", save_all=True, append_images=images[1:], duration=1000 // VIDEO_FPS, loop=0
         )
-    print(f"video: {path} (Pillow GIF)")
+    print(f"video: {path.name} (Pillow GIF)")
     return path
 
 
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> None:
     if args.video and not save_every:
         save_every = max(1, args.iterations // FRAMES_IN_A_DEFAULT_VIDEO)
         print(f"--video without --save-every: saving a frame every {save_every} steps")
-    folder = unique_dir(args.out, safe_name(args.prompt))
+    name = safe_name(args.prompt)
     metadata = {
         "prompt": args.prompt,
         "prompts": [describe_prompt(p) for p in prompts],
@@ -286,26 +286,32 @@ def run(args: argparse.Namespace) -> None:
         "models": sources,
     }
     frames: list[Path] = []
+    with partial_dir(args.out, name) as work:  # the run's folder appears complete or not at all
 
-    def save_frame(image: torch.Tensor, step: int) -> None:
-        frames.append(save_png(image, folder / "frames" / f"{len(frames):05d}.png", metadata | {"step": step}))
+        def save_frame(image: torch.Tensor, step: int) -> None:
+            frames.append(save_png(image, work / "frames" / f"{len(frames):05d}.png", metadata | {"step": step}))
 
-    started = time.perf_counter()
-    with ProgressBar(total=settings.iterations, desc="optimize", unit="step") as bar:
+        started = time.perf_counter()
+        with ProgressBar(total=settings.iterations, desc="optimize", unit="step") as bar:
 
-        def on_step(info: StepInfo) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=info.loss, refresh=False)
-            if save_every and info.step % save_every == 0:
-                save_frame(info.image, info.step)
+            def on_step(info: StepInfo) -> None:
+                bar.update(1)
+                bar.set_postfix(loss=info.loss, refresh=False)
+                if save_every and info.step % save_every == 0:
+                    save_frame(info.image, info.step)
 
-        result = optimize(
-            model, scorer, prompts, settings, init_image=init_image, init_codes=init_codes, callback=on_step
-        )
-    seconds = time.perf_counter() - started
-    write_outputs(folder, result, metadata, seconds, save_frame if save_every else None)
-    if args.video and frames:
-        write_video(frames, folder)
+            result = optimize(
+                model, scorer, prompts, settings, init_image=init_image, init_codes=init_codes, callback=on_step
+            )
+        seconds = time.perf_counter() - started
+        write_outputs(work, result, metadata, seconds, save_frame if save_every else None)
+        if args.video and frames:
+            write_video(frames, work)
+        folder = publish_dir(work, args.out, name)
+    if result.interrupted:
+        print(f"interrupted after {len(result.losses)} of {settings.iterations} steps; saved the current image")
+    final_loss = f" (final loss {result.losses[-1]:.4f})" if result.losses else ""
+    print(f"wrote {folder / 'final.png'} and {folder / 'run.json'}{final_loss}")
 
 
 def write_outputs(
@@ -315,7 +321,7 @@ def write_outputs(
     seconds: float,
     save_frame: Callable[[torch.Tensor, int], None] | None,
 ) -> None:
-    """final.png (and a last frame), then run.json; says so when the run was interrupted."""
+    """final.png (and a last frame), then run.json (which says whether the run was interrupted)."""
     steps = len(result.losses)
     if save_frame is not None:
         save_frame(result.image, steps)
@@ -331,10 +337,3 @@ def write_outputs(
     }
     with atomic_path(folder / "run.json") as temporary:
         temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    if result.interrupted:
-        print(f"interrupted after {steps} of {metadata['settings']['iterations']} steps; saved the current image")
-    print(
-        f"wrote {image} and {folder / 'run.json'} (final loss {result.losses[-1]:.4f})"
-        if result.losses
-        else f"wrote {image} and {folder / 'run.json'}"
-    )
