@@ -22,13 +22,15 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from imagetext.files import atomic_path
+from imagetext.files import atomic_path, partial_dir
 from imagetext.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "16.0.0"
 IMAGE_SIZE = 64
+MAX_PNG_BYTES = 1 << 20  # a 64×64 RGBA PNG is at most ~16 KB (raw pixels); the header's size is checked first
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMPLETE_MARKER = ".complete"
 NPM_TIMEOUT_S = 600
 
@@ -148,6 +150,14 @@ def _is_safe_member(member: tarfile.TarInfo) -> bool:
     return member.isfile() and not member.name.startswith("/") and ".." not in parts
 
 
+def _is_expected_png(data: bytes) -> bool:
+    """A PNG whose header (IHDR, the first chunk) says IMAGE_SIZE × IMAGE_SIZE."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return False
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return (width, height) == (IMAGE_SIZE, IMAGE_SIZE)
+
+
 def _read_emoji_json(tarball: Path) -> list[dict]:
     try:
         with tarfile.open(tarball, "r|*") as tar:
@@ -167,29 +177,24 @@ def _build_vendor_folder(tarball: Path, vendor: str, folder: Path) -> int:
     unsafe_names = [image for image in captions if not _is_plain_png_name(image)]
     for image in unsafe_names:
         del captions[image]
-    for stale in folder.parent.glob(f".{vendor}.partial-*"):
-        shutil.rmtree(stale)  # left by a run that was killed before it could clean up
-    partial = Path(tempfile.mkdtemp(prefix=f".{vendor}.partial-", dir=folder.parent))
-    try:
+    with partial_dir(folder.parent, vendor) as partial:
         written, refused = _extract_pairs(tarball, vendor, captions, partial)
         missing = len(captions) - written - refused
         if missing or refused or unsafe_names:
             log.warning(
-                "emoji %s: %d referenced images not taken (%d missing from %s, %d not regular files, "
+                "emoji %s: %d referenced images not taken (%d missing from %s, %d not regular files or not %d px PNGs, "
                 "%d unsafe names in emoji.json); wrote %d pairs",
                 vendor,
                 missing + refused + len(unsafe_names),
                 missing,
                 tarball.name,
                 refused,
+                IMAGE_SIZE,
                 len(unsafe_names),
                 written,
             )
         (partial / COMPLETE_MARKER).write_text(f"{written}\n")
         os.rename(partial, folder)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
     return written
 
 
@@ -202,10 +207,14 @@ def _extract_pairs(tarball: Path, vendor: str, captions: dict[str, list[str]], f
             image = wanted.pop(member.name, None)
             if image is None:
                 continue
-            if not _is_safe_member(member):
+            if not _is_safe_member(member) or member.size > MAX_PNG_BYTES:
                 refused += 1
                 continue
-            (folder / image).write_bytes(tar.extractfile(member).read())
+            data = tar.extractfile(member).read()
+            if not _is_expected_png(data):
+                refused += 1
+                continue
+            (folder / image).write_bytes(data)
             (folder / image).with_suffix(".txt").write_text("\n".join(captions[image]) + "\n", encoding="utf-8")
             written += 1
             bar.update()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from pathlib import Path
 import braceexpand
 import torch
 from torch.utils.data import IterableDataset
-from webdataset import SimpleShardList, TarWriter, split_by_worker, tarfile_to_samples
+from webdataset import SimpleShardList, TarWriter, split_by_worker
+from webdataset.tariterators import group_by_keys, url_opener
 
 from imagetext.files import atomic_path
 from imagetext.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, ResizeCrop, open_rgb
@@ -31,6 +33,9 @@ from imagetext.progress import ProgressBar
 
 IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 CAPTION_CHOICES = ("random", "first")
+# The most bytes a member of a shard may hold, by kind, checked from its header before it is read (a
+# GNU-sparse member of a few KB on disk can expand to gigabytes).
+MEMBER_CAPS = {"image": 64 << 20, "txt": 1 << 20, "json": 1 << 20}
 # A fixed member time makes the same records give byte-identical shards.
 TAR_MTIME = 0.0
 
@@ -102,6 +107,30 @@ def write_shards(records: Iterable[ShardRecord], out_dir: Path, shard_size: int,
     if not written:
         raise ValueError(f"no records to write into {out_dir}: the source is empty")
     return written
+
+
+def member_cap(name: str) -> int | None:
+    """The most bytes a shard member called `name` may hold, or None for a member no sample uses."""
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+    kind = "image" if extension in IMAGE_EXTENSIONS else extension
+    return MEMBER_CAPS.get(kind)
+
+
+def capped_members(stream, shard: str) -> Iterator[dict]:
+    """The regular members of a tar stream that samples use, as {"fname", "data", "__url__"}, each read
+    only when its header's size is within its cap; the others are passed over unread."""
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            cap = member_cap(member.name)
+            if not member.isreg() or cap is None:
+                continue
+            if member.size > cap:  # its sample then lacks the member, and is skipped and counted
+                warnings.warn(
+                    f"{shard}: {member.name} holds {member.size} bytes, over the {cap}-byte cap; skipped", stacklevel=2
+                )
+                continue
+            yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": shard}
+            tar.members = []  # a stream of many members: keep no index of them
 
 
 def expand_shard_spec(spec: str | Path | Sequence[str | Path]) -> list[str]:
@@ -206,18 +235,27 @@ class ShardDataset(IterableDataset):
 
     @staticmethod
     def read_shard(shard: str, skipped: list[str]) -> Iterator[dict]:
-        """Raw samples (extension -> bytes) of one shard; a broken or truncated tar ends it early."""
+        """Raw samples (extension -> bytes) of one shard. Only the members a sample uses are read, each
+        only when the size its header gives is within MEMBER_CAPS (a sparse or huge member is skipped
+        and counted unread); a broken or truncated tar ends the shard early."""
         failed = False
 
         def note_failure(error: Exception) -> bool:
-            # webdataset may call this twice for one broken tar (member level, then file level).
+            # called twice for one broken tar when opening and reading both fail
             nonlocal failed
             if not failed:
                 skipped.append(f"{shard}: {type(error).__name__}: {error.args[0] if error.args else error}")
                 failed = True
             return True  # go on with whatever can still be read
 
-        yield from tarfile_to_samples(handler=note_failure)(iter([{"url": shard}]))
+        def members() -> Iterator[dict]:
+            for source in url_opener([{"url": shard}], handler=note_failure):
+                try:
+                    yield from capped_members(source["stream"], shard)
+                except (tarfile.TarError, OSError, EOFError) as error:
+                    note_failure(error)
+
+        yield from group_by_keys(members(), handler=note_failure)
 
     def decode(self, sample: dict) -> tuple[torch.Tensor, str] | None:
         """(image tensor, chosen caption), or None when the image or the captions are missing or unreadable."""

@@ -105,7 +105,7 @@ def test_writes_referenced_64px_pairs_with_captions(tmp_path, caplog):
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert "3 referenced images not taken (1 missing" in warnings[0]
-    assert "1 not regular files, 1 unsafe names" in warnings[0]
+    assert "1 not regular files or not 64 px PNGs, 1 unsafe names" in warnings[0]
 
     attribution = (out / "ATTRIBUTION").read_text(encoding="utf-8")
     assert "CC-BY 4.0" in attribution and "iamcal" in attribution and "MIT" in attribution
@@ -241,3 +241,17 @@ def test_real_npm_package_twitter(tmp_path):
         "santa, light skin tone, twitter emoji",
     ]
     assert Image.open(folder / "1f385.png").size == (64, 64)
+
+
+def test_an_emoji_image_must_be_a_small_png_of_the_expected_size(tmp_path):
+    """A 344-byte gzip can hold a 512 MB member: sizes are checked from the header, then the PNG header."""
+    path = tmp_path / "twitter.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        _add(tar, "package/emoji.json", json.dumps(ENTRIES).encode())
+        _add(tar, f"package/img/twitter/64/{WRITTEN[0]}", _png(0, size=4096))  # a PNG, the wrong size
+        _add(tar, f"package/img/twitter/64/{WRITTEN[1]}", b"not a png at all")
+        _add(tar, f"package/img/twitter/64/{WRITTEN[2]}", bytes(emoji.MAX_PNG_BYTES + 1))  # over the size cap
+        _add(tar, f"package/img/twitter/64/{WRITTEN[3]}", _png(3))
+    counts = emoji.write_emoji_folder(tmp_path / "out", vendors=("twitter",), tarballs={"twitter": path})
+    assert counts == {"twitter": 1}
+    assert sorted(p.name for p in (tmp_path / "out" / "twitter").glob("*.png")) == [WRITTEN[3]]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -14,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import TarWriter
 
 from imagetext.images import open_rgb, pil_to_tensor
-from imagetext.shards import ShardDataset, ShardRecord, expand_shard_spec, write_shards
+from imagetext.shards import MEMBER_CAPS, ShardDataset, ShardRecord, expand_shard_spec, member_cap, write_shards
 
 
 def encoded_image(seed: int, size: int = 16, ext: str = "png") -> bytes:
@@ -207,3 +210,33 @@ def test_fewer_shards_than_ranks_warns(tmp_path):
     paths = write_shards(make_records(1), tmp_path, shard_size=1)
     with pytest.warns(UserWarning, match="DDP will hang"):
         ShardDataset(paths, image_size=16, rank=1, world_size=2)
+
+
+def test_a_sparse_member_is_skipped_from_its_header_without_being_read(tmp_path):
+    """`tar --sparse` packs a 3 GB file of zeros into 10 KB; reading it whole would take gigabytes."""
+    (tmp_path / "big.png").touch()
+    os.truncate(tmp_path / "big.png", 3 << 30)
+    (tmp_path / "big.txt").write_text("a huge image")
+    (tmp_path / "ok.png").write_bytes(encoded_image(1))
+    (tmp_path / "ok.txt").write_text("fine")
+    shard = tmp_path / "b-000000.tar"
+    subprocess.run(
+        ["tar", "--sparse", "-cf", str(shard), "big.png", "big.txt", "ok.png", "ok.txt"], cwd=tmp_path, check=True
+    )
+    (tmp_path / "big.png").unlink()
+    assert shard.stat().st_size < 100_000
+    with pytest.warns(UserWarning, match=r"big.png holds 3221225472 bytes, over the 67108864-byte cap"):
+        samples = list(ShardDataset(str(shard), image_size=16))
+    assert [s["key"] for s in samples] == ["ok"] and samples[0]["skipped"] == ["big"]
+    # the same read in a fresh process, for its own peak memory
+    code = (
+        "import resource, warnings; from imagetext.shards import ShardDataset; warnings.simplefilter('ignore'); "
+        f"list(ShardDataset({str(shard)!r}, image_size=16)); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    peak_kb = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert peak_kb < 2 << 20  # KB: well under the 3 GB the member would take
+
+
+def test_member_caps_by_kind():
+    assert member_cap("a/b.PNG") == MEMBER_CAPS["image"] and member_cap("x.txt") == MEMBER_CAPS["txt"]
+    assert member_cap("x.json") == MEMBER_CAPS["json"] and member_cap("x.npy") is None and member_cap("README") is None
