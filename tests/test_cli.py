@@ -99,3 +99,23 @@ def test_an_unknown_config_name_is_one_line_listing_the_packaged_ones(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "'shapez'" in result.stderr and "emoji, shapes" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["data", "shapes", "out", "--n", "-5"], "--n: must be >= 1, got -5"),
+        (["data", "shapes", "out", "--size", "100000"], "--size: must be <= 1024 (the shapes are drawn for 32-256 px)"),
+        (["tokenize", "--vqgan", "v", "--data", "d", "--out", "out", "--image-size", "100000"], "must be <= 2048"),
+        (["optimize", "a red circle", "--size", "100000", "100000", "--out", "out"], "--size: must be <= 2048"),
+        (["optimize", "a red circle", "--lr", "nan", "--out", "out"], "--lr: nan is not a finite number"),
+        (["optimize", "a red circle", "--size", "0", "16", "--out", "out"], "--size: must be >= 1, got 0"),
+    ],
+)
+def test_values_are_checked_before_anything_loads(args, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    message = str(exited.value.code)
+    assert "error:" in message and expected in message and "\n" not in message
+    assert not (tmp_path / "out").exists()

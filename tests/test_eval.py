@@ -173,8 +173,8 @@ def test_a_caption_folder_is_evaluated_on_its_validation_split(models, tmp_path)
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (["--n", "1"], "--n must be >= 2"),
-        (["--rerank", "0"], "--rerank must be >= 1"),
+        (["--n", "1"], "--n: must be >= 2 (FD-CLIP needs two images per set)"),
+        (["--rerank", "0"], "--rerank: must be >= 1"),
         (["--data", "missing-folder"], "--data missing-folder"),
         (["--clip", "no-such-clip"], "unknown CLIP architecture"),
     ],

@@ -227,7 +227,10 @@ def test_the_demo_models_are_used_when_asked(models, tmp_path, monkeypatch):
         ("missing clip", "no CLIP checkpoint"),
         ("unknown clip", "unknown CLIP architecture"),
         ("demo models asked, no demo run", "run `vqgan-clip demo --train`"),
-        ("bad sampling", "--top-p must be in (0, 1]"),
+        ("bad sampling", "--top-p: must be <= 1, got 1.5"),
+        ("infinite temperature", "--temperature: inf is not a finite number"),
+        ("nan guidance", "--cfg: nan is not a finite number"),
+        ("no candidates", "--rerank: must be >= 1, got 0"),
         ("vqgan of another codebook", "pass the prior's own VQGAN with --vqgan"),
     ],
 )
@@ -249,6 +252,9 @@ def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, monkeypatch,
         "unknown clip": [PROMPT, "--gpt", gpt, "--rerank", "4", "--clip", "no-such-clip"],
         "demo models asked, no demo run": [PROMPT, "--demo-models"],
         "bad sampling": [PROMPT, "--gpt", gpt, "--top-p", "1.5"],
+        "infinite temperature": [PROMPT, "--gpt", gpt, "--temperature", "inf"],
+        "nan guidance": [PROMPT, "--gpt", gpt, "--cfg", "nan"],
+        "no candidates": [PROMPT, "--gpt", gpt, "--rerank", "0"],
         "vqgan of another codebook": [PROMPT, "--gpt", gpt, "--vqgan", "other.safetensors"],
     }[case]
     with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings():

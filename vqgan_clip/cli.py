@@ -13,10 +13,14 @@ import signal
 import sys
 
 from vqgan_clip import data_commands, demo, evaluate, export, generate, optimize_command, tokenize
+from vqgan_clip.arguments import MAX_IMAGE_SIDE, MAX_SHAPES_SIDE, OneLineParser, number, whole
+
+IMAGE_SIDE_WHY = "larger sides need tens of GB"
+SHAPES_SIDE_WHY = "the shapes are drawn for 32-256 px"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="vqgan-clip",
         description="Text-to-image with a VQGAN, a GPT prior and CLIP (DALL·E 1 / VQGAN-CLIP lineage).",
     )
@@ -27,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     shapes = datasets.add_parser("shapes", help="the procedural shapes set as an image–caption folder")
     shapes.add_argument("out", help="output folder")
-    shapes.add_argument("--n", type=int, default=20000, help="number of images (default 20000)")
-    shapes.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    shapes.add_argument("--n", type=whole(1), default=20000, help="number of images (default 20000)")
+    shapes.add_argument(
+        "--size",
+        type=whole(8, MAX_SHAPES_SIDE, why=SHAPES_SIDE_WHY),
+        default=32,
+        help="image side in pixels (default 32)",
+    )
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument(
         "--split",
@@ -54,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     shard = datasets.add_parser("shard", help="write webdataset .tar shards from a dataset")
     shard.add_argument("src", help="an image–caption folder, a shard spec, or 'shapes'")
     shard.add_argument("out", help="output folder for the shards")
-    shard.add_argument("--shard-size", type=int, default=1000, help="pairs per shard (default 1000)")
-    shard.add_argument("--n", type=int, default=20000, help="with src=shapes: number of images")
-    shard.add_argument("--size", type=int, default=32, help="with src=shapes: image side")
+    shard.add_argument("--shard-size", type=whole(1), default=1000, help="pairs per shard (default 1000)")
+    shard.add_argument("--n", type=whole(1), default=20000, help="with src=shapes: number of images")
+    shard.add_argument(
+        "--size", type=whole(8, MAX_SHAPES_SIDE, why=SHAPES_SIDE_WHY), default=32, help="with src=shapes: image side"
+    )
     shard.add_argument("--seed", type=int, default=0, help="with src=shapes: seed")
     shard.set_defaults(run=data_commands.write_shards)
 
@@ -66,10 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tok.add_argument("--data", required=True, help="an image–caption folder, or a YAML config with a data: block")
     tok.add_argument("--out", required=True, help="output folder for the code shards")
-    tok.add_argument("--image-size", type=int, default=None, help="default: the VQGAN's training resolution")
-    tok.add_argument("--batch-size", type=int, default=64)
-    tok.add_argument("--shard-size", type=int, default=4096, help="code grids per shard (default 4096)")
-    tok.add_argument("--num-workers", type=int, default=0)
+    tok.add_argument(
+        "--image-size",
+        type=whole(1, MAX_IMAGE_SIDE, why=IMAGE_SIDE_WHY),
+        default=None,
+        help="default: the VQGAN's training resolution",
+    )
+    tok.add_argument("--batch-size", type=whole(1), default=64)
+    tok.add_argument("--shard-size", type=whole(1), default=4096, help="code grids per shard (default 4096)")
+    tok.add_argument("--num-workers", type=whole(0), default=0)
     tok.add_argument("--device", default="cpu")
     tok.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
     tok.set_defaults(run=tokenize.run)
@@ -77,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="draw images for a prompt with the GPT prior, rerank them with CLIP")
     gen.add_argument("prompt", nargs="?", help="the text prompt (or give --prompts-file)")
     gen.add_argument("--prompts-file", metavar="FILE", help="a text file with one prompt per line")
-    gen.add_argument("--rerank", type=int, metavar="N", help="draw N candidates and keep the --keep best by CLIP score")
-    gen.add_argument("--keep", type=int, default=4, metavar="K", help="images kept per prompt (default 4)")
+    gen.add_argument(
+        "--rerank", type=whole(1), metavar="N", help="draw N candidates and keep the --keep best by CLIP score"
+    )
+    gen.add_argument("--keep", type=whole(1), default=4, metavar="K", help="images kept per prompt (default 4)")
     gen.add_argument(
         "--out", default="runs/generate", help="output folder; one new subfolder per prompt (default runs/generate)"
     )
@@ -96,10 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="attribute accuracy, rerank lift, CLIP score, FD-CLIP -> eval.json + report.html"
     )
     ev.add_argument("--data", default="shapes", help="shapes (held-out and novel captions), or an image–caption folder")
-    ev.add_argument("--n", type=int, default=200, help="captions per caption set (default 200)")
+    ev.add_argument(
+        "--n",
+        type=whole(2, why="FD-CLIP needs two images per set"),
+        default=200,
+        help="captions per caption set (default 200)",
+    )
     ev.add_argument(
         "--rerank",
-        type=int,
+        type=whole(1),
         default=32,
         metavar="N",
         help="candidates per caption; the CLIP-best vs the first (default 32)",
@@ -166,18 +189,27 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """How the GPT prior draws codes; defaults in vqgan_clip.generate.SamplingSettings."""
     defaults = generate.SamplingSettings()
     parser.add_argument(
-        "--cfg", type=float, metavar="S", help=f"classifier-free guidance scale, 1 = off (default {defaults.cfg_scale})"
+        "--cfg",
+        type=number(at_least=0),
+        metavar="S",
+        help=f"classifier-free guidance scale, 1 = off (default {defaults.cfg_scale})",
     )
     parser.add_argument(
-        "--top-k", type=int, help=f"keep the k most likely codes, 0 = off (default {defaults.top_k or 'off'})"
+        "--top-k", type=whole(0), help=f"keep the k most likely codes, 0 = off (default {defaults.top_k or 'off'})"
     )
-    parser.add_argument("--top-p", type=float, help=f"nucleus sampling mass, 1 = off (default {defaults.top_p})")
-    parser.add_argument("--temperature", type=float, help=f"sampling temperature (default {defaults.temperature})")
+    parser.add_argument(
+        "--top-p", type=number(above=0, at_most=1), help=f"nucleus sampling mass, 1 = off (default {defaults.top_p})"
+    )
+    parser.add_argument(
+        "--temperature", type=number(above=0), help=f"sampling temperature (default {defaults.temperature})"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of every draw; the same seed gives the same images (default 0)"
     )
     parser.add_argument(
-        "--batch-size", type=int, help=f"candidates drawn at once (default {defaults.batch_size}); part of the draw"
+        "--batch-size",
+        type=whole(1),
+        help=f"candidates drawn at once (default {defaults.batch_size}); part of the draw",
     )
 
 

@@ -373,10 +373,6 @@ def summary(evaluations: list[SetEvaluation]) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.n < 2:
-        raise ValueError(f"--n must be >= 2 (FD-CLIP needs two images per set), got {args.n}")
-    if args.rerank < 1:
-        raise ValueError(f"--rerank must be >= 1 candidates per caption, got {args.rerank}")
     check_data(args.data)  # before the models load
     SamplingSettings.from_args(args)  # bad flags fail before the models load
     gpt, vqgan_path, clip = choose_checkpoints(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 from dataclasses import asdict, dataclass
@@ -62,6 +63,9 @@ class SamplingSettings:
     batch_size: int = 32  # candidates drawn at once
 
     def __post_init__(self) -> None:
+        for flag, value in (("--temperature", self.temperature), ("--top-p", self.top_p), ("--cfg", self.cfg_scale)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{flag} must be a finite number, got {value}")
         if self.temperature <= 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:

@@ -35,6 +35,7 @@ from imagetext.images import open_rgb, pil_to_tensor, save_png
 from imagetext.progress import ProgressBar
 from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
 from optimize.prompts import Prompt, TextPrompt, describe_prompt, parse_image_prompt, parse_noise_prompt, parse_prompts
+from vqgan_clip.arguments import MAX_IMAGE_SIDE, number, whole
 from vqgan_clip.generate import check_codebook, default_model, load_prior
 
 VIDEO_FPS = 10
@@ -74,25 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument(
         "--gpt", metavar="CKPT|NAME", help="GPT prior for --init gpt (default: the shipped shapes prior)"
     )
-    start.add_argument("--init-weight", type=float, default=0.0, help="pull z toward its start (default 0: off)")
+    start.add_argument(
+        "--init-weight", type=number(at_least=0), default=0.0, help="pull z toward its start (default 0: off)"
+    )
 
     run_settings = parser.add_argument_group("optimisation")
     run_settings.add_argument(
         "--size",
-        type=int,
+        type=whole(1, MAX_IMAGE_SIDE, why="larger sides need tens of GB"),
         nargs=2,
         metavar=("W", "H"),
         default=None,
         help="image size, rounded to the VQGAN's downsample factor "
         "(default: the VQGAN's training size, or the GPT prior's grid with --init gpt)",
     )
-    run_settings.add_argument("--iterations", type=int, default=200, help="optimisation steps (default 200)")
-    run_settings.add_argument("--lr", type=float, default=0.1, help="Adam step size on z (default 0.1)")
+    run_settings.add_argument("--iterations", type=whole(1), default=200, help="optimisation steps (default 200)")
+    run_settings.add_argument("--lr", type=number(above=0), default=0.1, help="Adam step size on z (default 0.1)")
     run_settings.add_argument(
-        "--cutn", type=int, default=32, help="augmented cutouts CLIP scores per step (default 32)"
+        "--cutn", type=whole(1), default=32, help="augmented cutouts CLIP scores per step (default 32)"
     )
     run_settings.add_argument(
-        "--cut-pow", type=float, default=1.0, help=">1 favours small cutouts, <1 large (default 1)"
+        "--cut-pow", type=number(above=0), default=1.0, help=">1 favours small cutouts, <1 large (default 1)"
     )
     run_settings.add_argument("--seed", type=int, default=0, help="the same seed repeats the run (default 0)")
     run_settings.add_argument("--bf16", action="store_true", help="bf16 autocast for the VQGAN and CLIP")
@@ -128,15 +131,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="runs/optimize", help="parent folder of the run folders (default runs/optimize)"
     )
     output.add_argument(
-        "--save-every", type=int, default=0, metavar="N", help="save a frame every N steps (default: none)"
+        "--save-every", type=whole(0), default=0, metavar="N", help="save a frame every N steps (default: none)"
     )
     output.add_argument("--video", action="store_true", help="join the frames into video.mp4 (ffmpeg) or video.gif")
 
 
 def round_size(width: int, height: int, factor: int) -> tuple[int, int, str | None]:
     """(width, height) rounded to the nearest multiples of `factor` (at least one), and a notice if they changed."""
-    if width < 1 or height < 1:
-        raise ValueError(f"--size {width} {height}: give a positive width and height")
     rounded = [max(factor, round(side / factor) * factor) for side in (width, height)]
     if rounded == [width, height]:
         return width, height, None
