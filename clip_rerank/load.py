@@ -31,23 +31,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import open_clip
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from clip_rerank.scorer import Scorer
+from imagetext.checkpoints import CheckpointError, open_safetensors, read_torch
 from imagetext.configs import config_dir
 from imagetext.files import atomic_path
 from imagetext.shipped import resolve_if_shipped, shipped_names
 
 CONFIG_DIR = config_dir("clip_rerank")
 CHECKPOINT_FORMAT = "clip_rerank/1"
+MODEL_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip needs to build a CLIP
 LIGHTNING_METADATA_KEY = "clip_rerank"
 LIGHTNING_MODEL_PREFIX = "model."
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -187,7 +187,14 @@ def _from_project_checkpoint(path: Path) -> tuple[torch.nn.Module, open_clip.Sim
             f"{path} does not say which architecture it holds (no {CHECKPOINT_FORMAT} metadata); "
             f"load it as load(ARCHITECTURE, pretrained={str(path)!r})"
         )
-    model, tokenizer = _create_from_config(json.loads(metadata["model_config"]), json.loads(metadata["preprocess"]))
+    try:
+        model_config, preprocess = json.loads(metadata["model_config"]), json.loads(metadata["preprocess"])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: its {CHECKPOINT_FORMAT} metadata lacks a readable {error}") from None
+    missing = [key for key in MODEL_CONFIG_KEYS if not isinstance(model_config, dict) or key not in model_config]
+    if missing:
+        raise CheckpointError(f"{path}: its model_config lacks {', '.join(missing)}; it cannot say which CLIP to build")
+    model, tokenizer = _create_from_config(model_config, preprocess)
     _load_weights(model, state_dict, path, metadata["architecture"])
     return model, tokenizer, metadata["architecture"]
 
@@ -208,18 +215,12 @@ def _create_from_config(model_config: dict, preprocess: dict) -> tuple[torch.nn.
 
 
 def _read_safetensors_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    with safe_open(str(path), framework="pt", device="cpu") as file:
+    with open_safetensors(path) as file:
         return file.metadata() or {}, {name: file.get_tensor(name) for name in file.keys()}
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds Python objects beyond tensors and plain containers and is not unpickled; "
-            f"export the weights with clip_rerank.save_checkpoint"
-        ) from error
+    checkpoint = read_torch(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); use a .safetensors checkpoint")
     state_dict = {

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.tokenizer import TextTokenizer
+from imagetext.checkpoints import open_safetensors, read_torch
 from imagetext.files import atomic_path, file_sha256
 from imagetext.shipped import resolve
 
@@ -55,7 +55,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBun
             f"a .safetensors bundle, or a shipped model's name"
         )
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as bundle:
+        with open_safetensors(path) as bundle:
             metadata = bundle.metadata() or {}
             if metadata.get("format") != BUNDLE_FORMAT:
                 raise ValueError(f"{path} is not a GPT prior bundle (no {BUNDLE_FORMAT!r} format in its metadata)")
@@ -63,7 +63,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBun
         saved = {key: metadata[key] for key in ("tokenizer", "vqgan", "vqgan_sha256")}
         saved |= {key: json.loads(metadata[key]) for key in ("config", "sampling")}
     else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_torch(path)
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:
             raise ValueError(

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from imagetext.checkpoints import open_safetensors
 from imagetext.files import atomic_path
 
 FORMAT = "vqgan-clip-codes/1"
@@ -47,7 +47,7 @@ def write_code_shard(path: str | Path, codes: torch.Tensor, captions: list[list[
 
 def read_code_shard(path: str | Path) -> tuple[torch.Tensor, list[list[str]]]:
     """(codes LongTensor [n, h, w], caption lists) of one shard."""
-    with safe_open(str(path), framework="pt") as shard:
+    with open_safetensors(path) as shard:
         metadata = shard.metadata() or {}
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a code shard of format {FORMAT}; make it with `vqgan-clip tokenize`")

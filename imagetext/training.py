@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -13,6 +12,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LightningCLI
 
+from imagetext.checkpoints import read_torch
 from imagetext.configs import resolve_config
 from imagetext.datamodule import DataEpochHooks, ImageTextDataModule
 from imagetext.files import atomic_path
@@ -49,7 +49,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | os.PathLike, map_location=None, weights_only: bool | None = None) -> dict:
         # Resuming reads our own checkpoints, whose loop and optimiser states hold plain containers only.
-        return torch.load(Path(path), map_location=map_location or "cpu", weights_only=True)
+        return read_torch(path, map_location or "cpu")
 
 
 class AtomicCheckpoints(pl.Callback):
@@ -126,6 +126,10 @@ def run_stage_cli(
 
         def parse_arguments(self, parser, args) -> None:
             self.config = parser.parse_args(with_packaged_configs(stage, sys.argv[1:] if args is None else args))
+            subcommand = self.config.get("subcommand")
+            ckpt_path = subcommand and self.config[subcommand].get("ckpt_path")
+            if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+                read_torch(ckpt_path)  # Lightning reads it with torch.load first: a broken file is one line here
 
     try:
         StageCLI(

@@ -223,7 +223,7 @@ def test_the_demo_models_are_used_when_asked(models, tmp_path, monkeypatch):
         ("no prompt", "no prompt given"),
         ("fewer candidates than kept", "--rerank 2 draws fewer candidates than --keep 3"),
         ("missing gpt", "not found"),
-        ("not a checkpoint", "cannot be read as a `gpt-prior fit` checkpoint"),
+        ("not a checkpoint", "garbage.ckpt is not a readable PyTorch checkpoint"),
         ("missing clip", "no CLIP checkpoint"),
         ("unknown clip", "unknown CLIP architecture"),
         ("demo models asked, no demo run", "run `vqgan-clip demo --train`"),

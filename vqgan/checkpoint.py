@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from imagetext.checkpoints import open_safetensors, read_torch
 from imagetext.files import atomic_path
 from imagetext.shipped import ShippedModelError, resolve
 from vqgan.model import VQGAN, VQGANConfig
@@ -50,7 +50,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
             f"bundle, or a shipped model's name"
         )
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device=str(map_location)) as bundle:
+        with open_safetensors(path, map_location) as bundle:
             metadata = bundle.metadata() or {}
             if BUNDLE_CONFIG_KEY not in metadata:
                 raise ValueError(
@@ -59,7 +59,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
             state = {key: bundle.get_tensor(key) for key in bundle.keys()}
         config = VQGANConfig.from_dict(json.loads(metadata[BUNDLE_CONFIG_KEY]))
     else:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = read_torch(path, map_location)
         try:
             config = config_from_hparams(checkpoint["hyper_parameters"])
         except KeyError:

@@ -10,16 +10,14 @@ and without unpickling anything else. Any other object still fails, with a conve
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
-import torch
 from torch import Tensor, nn
 
+from imagetext.checkpoints import read_torch
 from vqgan.discriminator import NLayerDiscriminator
 from vqgan.model import VQGAN, EncoderConfig, VQGANConfig
 from vqgan.quantize import QuantizerConfig
@@ -102,20 +100,7 @@ def taming_config(config_yaml: str | Path) -> TamingConfig:
 
 def load_taming_state_dict(ckpt: str | Path) -> dict[str, Tensor]:
     """The `state_dict` of a taming checkpoint, read with `weights_only=True` (also accepts a bare state_dict)."""
-    allowed = [(_LightningCallbackKey, name) for name in _CALLBACK_CLASSES]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL (\S+)", str(error))
-        what = found.group(1) if found else "Python objects beyond tensors"
-        raise ValueError(
-            f"{ckpt} contains {what}, which is not unpickled for safety; where you trust the file, keep only its "
-            f"weights once: python -c \"import torch; c = torch.load('{ckpt}', map_location='cpu', weights_only=False); "
-            f"torch.save({{'state_dict': c['state_dict']}}, 'weights.ckpt')\" and load weights.ckpt"
-        ) from None
-    except (RuntimeError, EOFError) as error:  # torch's zip reader on a truncated or non-checkpoint file
-        raise ValueError(f"{ckpt} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from None
+    checkpoint = read_torch(ckpt, allowed=[(_LightningCallbackKey, name) for name in _CALLBACK_CLASSES])
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{ckpt} has no state_dict of tensors; is it a taming-transformers checkpoint?")

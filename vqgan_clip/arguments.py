@@ -13,6 +13,8 @@ import math
 import sys
 from collections.abc import Callable
 
+from imagetext.checkpoints import check_device
+
 # Sides above these would ask for tens of gigabytes before any work is done: a VQGAN decoder's
 # activations at 2048×2048 already run to several GB (optimize also keeps their gradients).
 MAX_IMAGE_SIDE = 2048
@@ -45,6 +47,17 @@ def number(above: float | None = None, at_least: float | None = None, at_most: f
         return value
 
     return parse
+
+
+def device(text: str) -> str:
+    """A torch device name that this machine has (`cuda` where torch sees no GPU is refused)."""
+    try:
+        check_device(text)
+    except RuntimeError as error:  # torch.device's own refusal of a name
+        raise argparse.ArgumentTypeError(str(error).splitlines()[0]) from None
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def whole(at_least: int, at_most: int | None = None, why: str = "") -> Callable:

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from vqgan_clip import data_commands, demo, evaluate, export, generate, optimize_command, tokenize
-from vqgan_clip.arguments import MAX_IMAGE_SIDE, MAX_SHAPES_SIDE, OneLineParser, number, whole
+from vqgan_clip.arguments import MAX_IMAGE_SIDE, MAX_SHAPES_SIDE, OneLineParser, device, number, whole
 
 IMAGE_SIDE_WHY = "larger sides need tens of GB"
 SHAPES_SIDE_WHY = "the shapes are drawn for 32-256 px"
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--batch-size", type=whole(1), default=64)
     tok.add_argument("--shard-size", type=whole(1), default=4096, help="code grids per shard (default 4096)")
     tok.add_argument("--num-workers", type=whole(0), default=0)
-    tok.add_argument("--device", default="cpu")
+    tok.add_argument("--device", type=device, default="cpu")
     tok.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
     tok.set_defaults(run=tokenize.run)
 
@@ -181,7 +181,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clip-pretrained", metavar="TAG|FILE", help="pretrained weights for an open_clip architecture"
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
 
 

@@ -35,7 +35,7 @@ from imagetext.images import open_rgb, pil_to_tensor, save_png
 from imagetext.progress import ProgressBar
 from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
 from optimize.prompts import Prompt, TextPrompt, describe_prompt, parse_image_prompt, parse_noise_prompt, parse_prompts
-from vqgan_clip.arguments import MAX_IMAGE_SIDE, number, whole
+from vqgan_clip.arguments import MAX_IMAGE_SIDE, device, number, whole
 from vqgan_clip.generate import check_codebook, default_model, load_prior
 
 VIDEO_FPS = 10
@@ -100,7 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_settings.add_argument("--seed", type=int, default=0, help="the same seed repeats the run (default 0)")
     run_settings.add_argument("--bf16", action="store_true", help="bf16 autocast for the VQGAN and CLIP")
     run_settings.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when available, else cpu"
+        "--device",
+        type=device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda when available, else cpu",
     )
 
     models = parser.add_argument_group("models (default: the shipped shapes models)")
