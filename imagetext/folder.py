@@ -22,8 +22,21 @@ CAPTION_CHOICES = ("random", "first")
 
 
 def read_captions(path: Path) -> list[str]:
-    """The non-empty lines of a caption file."""
+    """The non-empty lines of a caption file (bytes that are not UTF-8 become U+FFFD; `is_utf8` tells)."""
     return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def stays_inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links followed, is inside `root` (a link may point anywhere, /etc/passwd included)."""
+    return path.resolve().is_relative_to(root.resolve())
 
 
 def caption_from_filename(path: Path) -> str:
@@ -56,9 +69,11 @@ class ImageCaptionFolder(Dataset):
         self.caption_choice = caption_choice
         self.use_filename_captions = use_filename_captions
 
-        images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        images = [p for p in found if stays_inside(p, self.root)]
+        self.n_outside = len(found) - len(images)
         self.items: list[tuple[Path, list[str]]] = []
-        self.n_uncaptioned = 0
+        self.n_uncaptioned = self.n_not_utf8 = 0
         for image_path in images:
             captions = self._captions_for(image_path)
             if captions:
@@ -70,6 +85,14 @@ class ImageCaptionFolder(Dataset):
                 f"no captioned images in {self.root} ({len(images)} images, {self.n_uncaptioned} without a caption): "
                 f"put a x.txt beside each x.png, or set use_filename_captions"
             )
+        if self.n_outside:
+            log.warning("%s: refused %d images that are links to files outside the folder", self.root, self.n_outside)
+        if self.n_not_utf8:
+            log.warning(
+                "%s: %d caption files are not UTF-8; their undecodable bytes read as U+FFFD (re-save them as UTF-8)",
+                self.root,
+                self.n_not_utf8,
+            )
         if self.n_uncaptioned:
             log.warning(
                 "%s: skipped %d of %d images that have no caption file (set use_filename_captions to keep them)",
@@ -80,7 +103,10 @@ class ImageCaptionFolder(Dataset):
 
     def _captions_for(self, image_path: Path) -> list[str]:
         caption_file = image_path.with_suffix(".txt")
-        captions = read_captions(caption_file) if caption_file.is_file() else []
+        readable = caption_file.is_file() and stays_inside(caption_file, self.root)  # a link out is no caption
+        captions = read_captions(caption_file) if readable else []
+        if readable and not is_utf8(caption_file):
+            self.n_not_utf8 += 1
         if not captions and self.use_filename_captions:
             captions = [caption_from_filename(image_path)]
         return captions

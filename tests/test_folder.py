@@ -93,3 +93,29 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no captioned images"):
         ImageCaptionFolder(tmp_path / "empty", image_size=8)
+
+
+def test_links_out_of_the_folder_are_refused_and_odd_bytes_are_warned(tmp_path, caplog):
+    root, outside = tmp_path / "pairs", tmp_path / "secret"
+    make_image(root / "a.png")
+    (root / "a.txt").write_text("a red thing\n")
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    make_image(outside / "elsewhere.png")
+    make_image(root / "b.png")
+    (root / "b.txt").symlink_to(outside / "passwd")  # a caption that is a link out: no caption
+    (root / "c.png").symlink_to(outside / "elsewhere.png")  # an image that is a link out: refused
+    (root / "c.txt").write_text("linked\n")
+    make_image(root / "d.png")
+    (root / "d.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (root / "e.txt").write_text("inside")
+    make_image(root / "sub" / "e.png")
+    (root / "sub" / "e.txt").symlink_to(root / "e.txt")  # a link that stays inside is fine
+    with caplog.at_level(logging.WARNING, logger="imagetext.folder"):
+        dataset = ImageCaptionFolder(root, image_size=8, caption_choice="first")
+    assert sorted(path.name for path, _ in dataset.items) == ["a.png", "d.png", "e.png"]
+    assert "root:x" not in str([captions for _, captions in dataset.items])
+    assert dataset.captions(1) == ["caf\ufffd au lait"]
+    text = caplog.text
+    assert "refused 1 images that are links to files outside the folder" in text
+    assert "1 caption files are not UTF-8" in text and "skipped 1 of 4 images that have no caption" in text

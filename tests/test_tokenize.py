@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,19 @@ def test_a_packaged_data_block_is_found_by_its_short_name(tmp_path, monkeypatch)
     assert (len(data.train_set), len(data.val_set)) == (64_000, 500)  # the shipped GPT prior's codes
     with pytest.raises(FileNotFoundError, match="no packaged data config"):
         data_module_for("shapes-65k", image_size=32, batch_size=8, num_workers=0)
+
+
+def test_an_unreadable_image_is_left_out_and_counted_not_filled_by_its_neighbour(tmp_path, bundle):
+    folder = write_shapes_folder(tmp_path / "shapes", n=20, image_size=16)
+    data = ImageTextDataModule(source="folder", path=str(folder), image_size=16)
+    data.setup("fit")
+    broken = data.train_set[3]["path"]
+    Path(broken).write_bytes(b"not a png")
+    out = tmp_path / "codes"
+    main(["tokenize", "--vqgan", str(bundle), "--data", str(folder), "--out", str(out), "--shard-size", "8"])
+    train = read_manifest(out)["splits"]["train"]
+    assert train["left_out"] == 1 and [s["n"] for s in train["shards"]] == [7, 8, 3]
+    codes, captions = read_code_shard(out / train["shards"][0]["file"])
+    kept = [data.train_set[i] for i in (0, 1, 2, 4, 5, 6, 7)]
+    assert captions == [item["captions"] for item in kept]  # no neighbour took the broken image's slot
+    assert torch.equal(codes, vqgan.load(bundle).encode_codes(torch.stack([item["image"] for item in kept])))

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 import vqgan
-from imagetext.code_shards import shard_path, write_code_shard, write_manifest
+from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
 from imagetext.configs import resolve_config
 from imagetext.datamodule import ImageTextDataModule, collate_image_text
 from imagetext.files import file_sha256
@@ -34,45 +34,64 @@ def data_module_for(data: str, image_size: int, batch_size: int, num_workers: in
     return module
 
 
+def collate_marking_stand_ins(samples: list[dict]) -> dict:
+    """`collate_image_text`, and per item whether it stands in for an unreadable image (an indexed
+    dataset hands the next readable image in its place, and names the unreadable one in `skipped`)."""
+    batch = collate_image_text(samples)
+    batch["stand_in"] = [bool(sample.get("skipped")) for sample in samples]
+    return batch
+
+
 def encode_split(
     model, dataset: Dataset, out: Path, split: str, shard_size: int, batch_size: int, num_workers: int, bf16: bool
-) -> list[dict]:
-    """Encode `dataset` in order into shards of `shard_size` items.
+) -> tuple[list[dict], int]:
+    """Encode `dataset` in order into shards of `shard_size` items; the shards, and how many unreadable
+    images were left out (a shard holds fewer grids by as many).
 
     Resume: complete shards already on disk are kept and their items skipped (an iterable dataset,
     which cannot skip, is encoded again from its start).
     """
     device = next(model.parameters()).device
-    iterable = isinstance(dataset, IterableDataset)
+    iterable = isinstance(dataset, IterableDataset)  # a shard stream skips unreadable samples itself
     done = 0
     while not iterable and shard_path(out, split, done).is_file() and (done + 1) * shard_size <= len(dataset):
         done += 1
-    shards = [{"file": shard_path(out, split, i).relative_to(out).as_posix(), "n": shard_size} for i in range(done)]
+    shards = [
+        {
+            "file": shard_path(out, split, i).relative_to(out).as_posix(),
+            "n": len(read_code_shard(shard_path(out, split, i))[1]),
+        }
+        for i in range(done)
+    ]
     source = dataset if iterable else Subset(dataset, range(done * shard_size, len(dataset)))
-    pending_codes: list[torch.Tensor] = []
-    pending_captions: list[list[str]] = []
+    pending: list[tuple[torch.Tensor, list[str]] | None] = []  # one entry per item; None: left out
+    left_out = 0
 
     def flush(n: int) -> None:
-        path = write_code_shard(
-            shard_path(out, split, len(shards)), torch.stack(pending_codes[:n]), pending_captions[:n]
-        )
-        shards.append({"file": path.relative_to(out).as_posix(), "n": n})
-        del pending_codes[:n], pending_captions[:n]
+        kept = [entry for entry in pending[:n] if entry is not None]
+        if kept:
+            codes, captions = torch.stack([code for code, _ in kept]), [caption for _, caption in kept]
+            path = write_code_shard(shard_path(out, split, len(shards)), codes, captions)
+            shards.append({"file": path.relative_to(out).as_posix(), "n": len(kept)})
+        del pending[:n]
 
-    loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text)
+    loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_marking_stand_ins)
     with ProgressBar(
         total=None if iterable else len(dataset), initial=done * shard_size, desc=f"tokenize {split}", unit="img"
     ) as bar:
         for batch in loader:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                pending_codes += list(model.encode_codes(batch["image"].to(device)).cpu())
-            pending_captions += batch["captions"] if "captions" in batch else [[c] for c in batch["caption"]]
-            while len(pending_codes) >= shard_size:
+                codes = list(model.encode_codes(batch["image"].to(device)).cpu())
+            captions = batch["captions"] if "captions" in batch else [[c] for c in batch["caption"]]
+            stand_ins = [False] * len(codes) if iterable else batch["stand_in"]
+            left_out += sum(stand_ins) + (len(batch["skipped"]) if iterable else 0)
+            pending += [None if stand_in else entry for entry, stand_in in zip(zip(codes, captions), stand_ins)]
+            while len(pending) >= shard_size:
                 flush(shard_size)
-            bar.update(len(batch["image"]))
-    if pending_codes:
-        flush(len(pending_codes))
-    return shards
+            bar.update(len(codes))
+    if pending:
+        flush(len(pending))
+    return shards, left_out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -83,8 +102,12 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     splits = {}
     for split, dataset in (("train", data.train_set), ("val", data.val_set)):
-        shards = encode_split(model, dataset, out, split, args.shard_size, args.batch_size, args.num_workers, args.bf16)
-        splits[split] = {"n": sum(s["n"] for s in shards), "shards": shards}
+        shards, left_out = encode_split(
+            model, dataset, out, split, args.shard_size, args.batch_size, args.num_workers, args.bf16
+        )
+        splits[split] = {"n": sum(s["n"] for s in shards), "left_out": left_out, "shards": shards}
+        if left_out:
+            print(f"tokenize {split}: left out {left_out} unreadable images (none stands in for another)")
     manifest = write_manifest(
         out,
         {
