@@ -51,6 +51,8 @@ def read_torch(
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported operand" in str(error):  # not a pickle at all, e.g. a text file named .ckpt
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a zip archive or a pickle)") from None
         found = re.search(r"GLOBAL (\S+)", str(error))
         what = found.group(1) if found else "Python objects beyond tensors and plain containers"
         raise CheckpointError(
