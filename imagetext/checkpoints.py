@@ -40,6 +40,13 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy?")
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save's format) or a pickle of protocol 2 or later (the legacy format) by its first bytes."""
+    with path.open("rb") as file:
+        start = file.read(4)
+    return start.startswith((b"PK\x03\x04", b"\x80"))
+
+
 def read_torch(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", allowed: Sequence[tuple[type, str]] = ()
 ) -> Any:
@@ -51,7 +58,7 @@ def read_torch(
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported operand" in str(error):  # not a pickle at all, e.g. a text file named .ckpt
+        if not _looks_like_torch_file(path):
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a zip archive or a pickle)") from None
         found = re.search(r"GLOBAL (\S+)", str(error))
         what = found.group(1) if found else "Python objects beyond tensors and plain containers"
