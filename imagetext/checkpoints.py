@@ -59,7 +59,9 @@ def read_torch(
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if not _looks_like_torch_file(path):
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a zip archive or a pickle)") from None
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (not a zip archive or a pickle)"
+            ) from None
         found = re.search(r"GLOBAL (\S+)", str(error))
         what = found.group(1) if found else "Python objects beyond tensors and plain containers"
         raise CheckpointError(
