@@ -46,7 +46,7 @@ from imagetext.shapes import (
     render,
     scene_from_dict,
 )
-from imagetext.training import WarmupCosine
+from imagetext.training import WarmupCosine, fit_schedule_to_trainer
 
 ATTRIBUTES = ("color", "shape", "size", "relation")
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp: a temperature of at least 1/100
@@ -302,11 +302,11 @@ class CLIPModule(pl.LightningModule):
         # The fused kernel updates the 49408-row token embedding about 10x faster than the per-tensor loop.
         fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
         optimizer = torch.optim.AdamW(groups, lr=h.learning_rate, betas=tuple(h.betas), eps=h.eps, fused=fused)
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError("the cosine schedule needs a known length: set trainer.max_steps or trainer.max_epochs")
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(h.warmup_steps, 0.0, int(total_steps)))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(h.warmup_steps, 0.0))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        fit_schedule_to_trainer(self)
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-length image [B, D] and text [N, D] embeddings, with gradients (training) or without (validation)."""

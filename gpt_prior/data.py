@@ -17,22 +17,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imagetext.code_shards import read_code_shard, read_manifest
 from imagetext.datamodule import EpochShuffle, resumable_shuffle
-
-
-def keyed_generator(*keys: int) -> torch.Generator:
-    """A torch.Generator whose seed is a hash of the integer `keys` (e.g. seed, epoch, index).
-
-    numpy's SeedSequence mixes the keys, so nearby key tuples such as (0, 1, 2) and (0, 2, 1) give
-    unrelated streams.
-    """
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0]))
+from imagetext.seeding import keyed_generator
 
 
 def read_split(codes_folder: str | Path, split: str) -> tuple[torch.Tensor, list[list[str]]]:
@@ -103,7 +94,7 @@ class CodeShardDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        sampler = resumable_shuffle(len(self.train_set), self.hparams.seed, self.trainer)
+        sampler = resumable_shuffle(len(self.train_set), self.hparams.seed, self.hparams.batch_size, self.trainer)
         self.train_set.set_epoch(sampler.epoch)  # its caption draws follow the epoch too
         return self._loader(self.train_set, sampler)
 

@@ -9,15 +9,11 @@ Gradient clipping is `trainer.gradient_clip_val` and bf16 autocast is `trainer.p
 Lightning does both. The learning rate warms up linearly, then follows a cosine down to
 `min_lr_ratio` of its peak at the trainer's last step, updated every optimiser step.
 
-The schedule learns the trainer's step count in `on_train_start`, not in `configure_optimizers`:
-asking for `trainer.estimated_stepping_batches` there makes Lightning build the training loader
-before a resumed run has restored its epoch, and worker processes would then draw the first
-resumed epoch with epoch 0's order (Lightning issues #20550, #21938).
+The schedule learns the trainer's step count in `on_train_start` (`fit_schedule_to_trainer` says why).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -29,12 +25,13 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from gpt_prior.checkpoint import CHECKPOINT_KEY
-from gpt_prior.data import keyed_generator, read_split
+from gpt_prior.data import read_split
 from gpt_prior.model import ADAMW_BETAS, GPT, GPTConfig, GPTOutput
 from gpt_prior.tokenizer import FILE_NAME as TOKENIZER_FILE
 from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
 from imagetext.code_shards import read_manifest
-from imagetext.training import WarmupCosine
+from imagetext.seeding import keyed_generator
+from imagetext.training import WarmupCosine, fit_schedule_to_trainer
 
 
 def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:
@@ -162,10 +159,7 @@ class GPTPriorModule(pl.LightningModule):
         self._loss(batch["caption"], batch["codes"], "val")
 
     def on_train_start(self) -> None:
-        total_steps = self.trainer.estimated_stepping_batches  # the training loader exists by now, with its right epoch
-        if not math.isfinite(total_steps):
-            raise ValueError("the cosine schedule needs an end: set trainer.max_epochs or trainer.max_steps")
-        self.lr_schedulers().lr_lambdas[0].total_steps = int(total_steps)
+        fit_schedule_to_trainer(self)
         # Written after a resume has restored the checkpoint's tokenizer (on_load_checkpoint): the file matches the weights.
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
         if log_dir is not None and self.trainer.is_global_zero:

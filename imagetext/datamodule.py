@@ -19,7 +19,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from imagetext.folder import ImageCaptionFolder
 from imagetext.shapes import ShapesDataset
@@ -43,13 +43,18 @@ class EpochShuffle(Sampler[int]):
     """A shuffle that is a function of (seed, epoch) alone, so a resumed run sees the same order.
 
     torch's RandomSampler draws from the global generator, whose state a checkpoint does not keep.
-    Lightning calls `set_epoch` on samplers itself (and under DDP wraps this one per rank).
+    Lightning calls `set_epoch` on samplers itself (and under DDP wraps this one per rank). `start`
+    skips that many indices of the current epoch's order: a run resumed mid-epoch goes on where it
+    stopped. Its length stays the whole epoch's, which is what Lightning counts the resumed epoch's
+    batches against.
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start = 0  # a new epoch is drawn whole
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -57,25 +62,30 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(torch.randperm(self.n, generator=generator).tolist()[self.start :])
 
 
-def resumable_shuffle(n: int, seed: int, trainer: pl.Trainer | None) -> EpochShuffle:
-    """An EpochShuffle already at the trainer's epoch, for a `train_dataloader` to use.
+def resumable_shuffle(n: int, seed: int, batch_size: int, trainer: pl.Trainer | None) -> EpochShuffle:
+    """An EpochShuffle at the trainer's epoch and, for a run resumed mid-epoch, past the batches that
+    epoch has done, for a `train_dataloader` to use.
 
-    Lightning sets the epoch at each epoch start, but on resume it starts the first epoch's workers
-    before that (Lightning issue #21938): set here too, they draw the resumed epoch's order.
+    The batches done come from the fit loop's own progress, restored from the checkpoint before the
+    loaders are made: a checkpoint saved after a training batch counts it as processed. (Lightning
+    sets the epoch at each epoch start, but on resume it starts the first epoch's workers before
+    that, Lightning issue #21938: set here, they draw the resumed epoch's order.)
     """
-    sampler = EpochShuffle(n, seed)
-    sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
-    return sampler
+    if trainer is None:
+        return EpochShuffle(n, seed)
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    start = done * batch_size * trainer.world_size  # under DDP every rank took its batch of each global batch
+    return EpochShuffle(n, seed, trainer.current_epoch, start if 0 < start < n else 0)
 
 
 class DataEpochHooks(pl.Callback):
     """Per-epoch duties of the data that Lightning does not do itself.
 
-    Tells an iterable training set the epoch (Lightning only tells samplers, and shards are shuffled
-    per epoch), and says once per epoch how many unreadable images the loaders passed over, instead
+    Tells the training set the epoch (Lightning only tells samplers; shards are shuffled per epoch,
+    a folder's captions and crops are drawn per epoch), and says once per epoch how many unreadable images the loaders passed over, instead
     of once per file.
     """
 
@@ -148,11 +158,13 @@ class ImageTextDataModule(pl.LightningDataModule):
             self.train_set = ShapesDataset(h.n_train, h.image_size, h.seed, h.shapes_split)
             self.val_set = ShapesDataset(h.n_val, h.image_size, h.seed, h.shapes_split, offset=h.n_train)
         elif h.source == "folder":
-            folder = ImageCaptionFolder(h.path, h.image_size, h.random_crop, "random", h.use_filename_captions)
+            folder = ImageCaptionFolder(
+                h.path, h.image_size, h.random_crop, "random", h.use_filename_captions, seed=h.seed
+            )
             order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(h.seed)).tolist()
             n_val = max(1, round(h.val_fraction * len(folder))) if len(folder) > 1 else 0
-            self.val_set = Subset(folder.view(random_crop=False, caption_choice="first"), sorted(order[:n_val]))
-            self.train_set = Subset(folder, sorted(order[n_val:]))
+            self.val_set = folder.view(random_crop=False, caption_choice="first").select(sorted(order[:n_val]))
+            self.train_set = folder.select(sorted(order[n_val:]))
         else:
             rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             shards = expand_shard_spec(h.path)
@@ -173,13 +185,13 @@ class ImageTextDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            sampler=resumable_shuffle(len(dataset), self.hparams.seed, self.trainer)
+            sampler=resumable_shuffle(len(dataset), self.hparams.seed, self.hparams.batch_size, self.trainer)
             if shuffle and not iterable
             else None,
             num_workers=self.hparams.num_workers,
             collate_fn=collate_image_text,
-            # Workers of an iterable set must be made anew each epoch to see its new epoch number.
-            persistent_workers=self.hparams.num_workers > 0 and not iterable,
+            # Workers of a set that draws per epoch must be made anew each epoch to see its new epoch number.
+            persistent_workers=self.hparams.num_workers > 0 and not hasattr(dataset, "set_epoch"),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from imagetext.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, ResizeCrop, open_rgb
+from imagetext.seeding import keyed_generator
 
 log = logging.getLogger(__name__)
 CAPTION_CHOICES = ("random", "first")
@@ -47,7 +48,9 @@ class ImageCaptionFolder(Dataset):
     """Every image under `root` that has captions, sized to `image_size`×`image_size`.
 
     caption_choice: "random" picks one caption line per access (training), "first" the first line
-    (evaluation). Items: {"image", "caption", "captions" (every line), "path", "skipped"}.
+    (evaluation). Items: {"image", "caption", "captions" (every line), "path", "skipped"}. The random
+    caption and crop of item i are drawn from a generator keyed by (seed, epoch, i): the same in any
+    worker, and in a run resumed mid-epoch; `set_epoch` moves to the next epoch's draws.
     """
 
     def __init__(
@@ -57,8 +60,10 @@ class ImageCaptionFolder(Dataset):
         random_crop: bool = False,
         caption_choice: str = "random",
         use_filename_captions: bool = False,
+        seed: int = 0,
     ):
         self.root = Path(root)
+        self.seed, self.epoch = seed, 0
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"image–caption folder {self.root} does not exist; give the folder that holds x.png + x.txt pairs"
@@ -114,6 +119,15 @@ class ImageCaptionFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def select(self, indices: list[int]) -> ImageCaptionFolder:
+        """The folder restricted to these items (a split): an unreadable image's stand-in comes from them too."""
+        other = copy.copy(self)
+        other.items = [self.items[i] for i in indices]
+        return other
+
     def view(self, random_crop: bool, caption_choice: str) -> ImageCaptionFolder:
         """The same indexed files read with other settings (e.g. a validation view without random crops)."""
         other = copy.copy(self)
@@ -127,15 +141,17 @@ class ImageCaptionFolder(Dataset):
     def __getitem__(self, index: int) -> dict:
         skipped = []
         for offset in range(len(self.items)):
-            path, captions = self.items[(index + offset) % len(self.items)]
+            position = (index + offset) % len(self.items)
+            path, captions = self.items[position]
+            generator = keyed_generator(self.seed, self.epoch, position)
             try:
-                image = self.transform(open_rgb(path))
+                image = self.transform(open_rgb(path), generator)
             except UNREADABLE_IMAGE_ERRORS as error:
                 log.debug("unreadable image %s: %s", path, error)
                 skipped.append(str(path))
                 continue
             if self.caption_choice == "random":
-                caption = captions[int(torch.randint(len(captions), ()))]
+                caption = captions[int(torch.randint(len(captions), (), generator=generator))]
             else:
                 caption = captions[0]
             # Only the drawn index's own failure is reported: its stand-ins are counted when they are drawn.

@@ -65,19 +65,20 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
 class ResizeCrop:
     """Resize the short side to `size`, then crop a `size`×`size` square (centre, or random for training).
 
-    The random crop draws from torch's global generator, which Lightning seeds per worker.
+    The random crop draws from `generator` when given (a keyed one makes it reproducible in any
+    worker), else from torch's global generator.
     """
 
     def __init__(self, size: int, random_crop: bool = False):
         self.size = size
         self.random_crop = random_crop
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         width, height = image.size
         if self.random_crop:
-            top = int(torch.randint(height - self.size + 1, ()))
-            left = int(torch.randint(width - self.size + 1, ()))
+            top = int(torch.randint(height - self.size + 1, (), generator=generator))
+            left = int(torch.randint(width - self.size + 1, (), generator=generator))
             image = TF.crop(image, top, left, self.size, self.size)
         else:
             image = TF.center_crop(image, [self.size, self.size])

@@ -40,6 +40,20 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def fit_schedule_to_trainer(module: pl.LightningModule) -> None:
+    """Tell the module's WarmupCosine schedule how many optimiser steps the trainer will take.
+
+    Call it from `on_train_start`, not `configure_optimizers`: asking for
+    `trainer.estimated_stepping_batches` there makes Lightning build (and, with workers, start) the
+    training loader before a resumed run has restored its progress, so a run resumed mid-epoch would
+    draw the epoch from its start (Lightning issues #20550, #21938).
+    """
+    total_steps = module.trainer.estimated_stepping_batches
+    if not math.isfinite(total_steps):
+        raise ValueError("the cosine schedule needs an end: set trainer.max_epochs or trainer.max_steps")
+    module.lr_schedulers().lr_lambdas[0].total_steps = int(total_steps)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, but a checkpoint appears under its name only once complete."""
 

@@ -3,7 +3,29 @@
 import copy
 from pathlib import Path
 
+import pytorch_lightning as pl
 import yaml
+
+
+class StopAfterStep(pl.Callback):
+    """Ends a fit right after optimiser step `step`, as a kill would: that step's checkpoint is on disk
+    (with `every_step_checkpoint`), the rest of the epoch is not run."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def killed_after(step: int) -> tuple[dict, dict]:
+    """The callbacks of a fit that saves last.ckpt after every step and stops after `step`."""
+    every_step = {
+        "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+        "init_args": {"save_last": True, "every_n_train_steps": 1, "save_top_k": 0},
+    }
+    return every_step, {"class_path": "stage_configs.StopAfterStep", "init_args": {"step": step}}
 
 
 def tiny_trainer(*callbacks: dict, **settings) -> dict:

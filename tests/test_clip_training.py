@@ -11,7 +11,8 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from stage_configs import tiny_trainer, write_stage_config
+from PIL import Image
+from stage_configs import killed_after, tiny_trainer, write_stage_config
 
 import clip_rerank
 from clip_rerank.cli import main
@@ -60,8 +61,8 @@ def nano_config_file(tmp_path_factory) -> Path:
     return path
 
 
-def write_config(folder: Path, architecture: Path, **overrides) -> Path:
-    return write_stage_config(TINY, folder, **{"model.architecture": str(architecture), **overrides})
+def write_config(folder: Path, architecture: Path, name: str = "tiny.yaml", **overrides) -> Path:
+    return write_stage_config(TINY, folder, name, **{"model.architecture": str(architecture), **overrides})
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -136,13 +137,56 @@ def test_a_run_stopped_after_an_epoch_resumes_exactly(tmp_path, nano_config_file
         assert torch.equal(resumed["state_dict"][key], value), key
 
 
+def write_wide_noise_folder(root: Path, n: int = 40) -> Path:
+    """Noise images wider than tall (a square crop has room to move), each with two caption lines."""
+    root.mkdir()
+    for i in range(n):
+        noise = torch.randint(256, (16, 24, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+        Image.fromarray(noise.numpy()).save(root / f"{i:03d}.png")
+        (root / f"{i:03d}.txt").write_text(f"noise number {i}\nthe {i % 7}th kind of noise\n")
+    return root
+
+
+@pytest.mark.parametrize("source", ["shapes", "folder"])
+def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, nano_config_file, source):
+    """Killed after step 3 of the first epoch, resumed from that step's last.ckpt: the weights of a
+    straight run, tensor by tensor. The folder case draws random captions and crops in a worker."""
+    if source == "shapes":
+        options = {"model.reflected_pairs": True, "model.reflect_to": "any", "model.order_negatives": True}
+    else:
+        folder = write_wide_noise_folder(tmp_path / "noise")
+        options = {
+            **{"data.source": "folder", "data.path": str(folder), "data.random_crop": True, "data.num_workers": 1},
+            "model.hard_negatives": False,
+        }
+    config = write_config(tmp_path, nano_config_file, **{"trainer.max_epochs": 2, **options})
+    main(["fit", "-c", str(config)])
+    straight = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert straight["global_step"] >= 8  # two epochs of at least 4 steps
+    callbacks = [*tiny_trainer()["callbacks"], *killed_after(3)]
+    killed = write_config(
+        tmp_path,
+        nano_config_file,
+        "killed.yaml",
+        **{"trainer.max_epochs": 2, "trainer.callbacks": callbacks, **options},
+    )
+    main(["fit", "-c", str(killed)])
+    mid_epoch = tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(mid_epoch, weights_only=True)["global_step"] == 3
+    main(["fit", "-c", str(config), "--ckpt_path", str(mid_epoch)])
+    resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"]
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
         ({"model.architecture": "no-such-clip"}, "unknown CLIP architecture 'no-such-clip'"),
         ({"model.crop_min_side": 0.0}, "model.crop_min_side must be in (0, 1]"),
         ({"model.reflect_to": "sideways"}, "model.reflect_to must be one of ('opposite', 'any')"),
-        ({"trainer.max_epochs": -1}, "set trainer.max_steps or trainer.max_epochs"),
+        ({"trainer.max_epochs": -1}, "the cosine schedule needs an end: set trainer.max_epochs or trainer.max_steps"),
     ],
 )
 def test_config_mistakes_are_one_line_errors(tmp_path, nano_config_file, override, message):

@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from imagetext.datamodule import DataEpochHooks, ImageTextDataModule, collate_image_text
+from imagetext.folder import ImageCaptionFolder
 from imagetext.shapes import write_shapes_folder
 from imagetext.shards import ShardRecord, write_shards
 
@@ -30,12 +31,36 @@ def test_folder_source_has_a_deterministic_split(tmp_path):
             source="folder", path=str(tmp_path / "f"), image_size=16, batch_size=5, val_fraction=0.2
         )
         data.setup("fit")
-        splits.append((list(data.train_set.indices), list(data.val_set.indices)))
+        splits.append(([path for path, _ in data.train_set.items], [path for path, _ in data.val_set.items]))
     (train, val), again = splits[0], splits[1]
     assert (train, val) == again
-    assert len(val) == 4 and not set(train) & set(val) and len(train) + len(val) == 20
+    assert len(val) == 4 and not set(train) & set(val) and len(set(train)) + len(val) == 20
     batch = next(iter(data.val_dataloader()))
     assert batch["image"].shape == (4, 3, 16, 16)
+
+
+def test_folder_draws_are_keyed_by_seed_epoch_and_item(tmp_path):
+    """A folder's random caption and crop of an item depend on (seed, epoch, item) only, not on which
+    worker reads it or what it read before: what makes a mid-epoch resume exact."""
+    root = tmp_path / "f"
+    root.mkdir()
+    for i in range(6):  # wide images: a 16 px square crop has 17 places to be
+        noise = torch.randint(256, (16, 32, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+        Image.fromarray(noise.numpy()).save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text("\n".join(f"caption {i} line {k}" for k in range(8)))
+    data = ImageCaptionFolder(root, image_size=16, random_crop=True, seed=3)
+
+    def epoch_items(dataset, epoch, order):
+        dataset.set_epoch(epoch)
+        items = {i: dataset[i] for i in order}
+        return [(items[i]["caption"], items[i]["image"]) for i in range(len(dataset))]
+
+    forward = epoch_items(data, 1, range(6))
+    backward = epoch_items(ImageCaptionFolder(root, image_size=16, random_crop=True, seed=3), 1, reversed(range(6)))
+    assert all(a[0] == b[0] and torch.equal(a[1], b[1]) for a, b in zip(forward, backward))
+    other_epoch = epoch_items(data, 2, range(6))
+    assert [caption for caption, _ in forward] != [caption for caption, _ in other_epoch]
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(forward, other_epoch))
 
 
 def test_wds_source_uses_the_last_shard_for_validation(tmp_path):

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from stage_configs import tiny_trainer, write_stage_config
+from stage_configs import killed_after, tiny_trainer, write_stage_config
 
 import gpt_prior
 from gpt_prior.checkpoint import resolve_vqgan
 from gpt_prior.cli import main
-from gpt_prior.data import CodeShardDataModule, keyed_generator
+from gpt_prior.data import CodeShardDataModule
 from gpt_prior.lightning import GPTPriorModule, drop_captions
 from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
 from imagetext.progress import PROGRESS_ENV, read_progress
+from imagetext.seeding import keyed_generator
 from imagetext.shapes import scene_at
 from imagetext.training import WarmupCosine
 
@@ -267,6 +268,24 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed["global_step"] == straight["global_step"] == 8
     assert resumed["gpt_prior"] == straight["gpt_prior"]
     assert resumed["lr_schedulers"][0]["last_epoch"] == straight["lr_schedulers"][0]["last_epoch"]
+    for key, value in straight["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][key], value, atol=1e-6), key
+
+
+def test_resume_mid_epoch_continues_exactly(tmp_path):
+    """A checkpoint after step 3 of a 4-step epoch (what every_n_train_steps leaves when a run is
+    killed), resumed: the same weights, tensor by tensor, as 8 steps straight."""
+    codes = make_code_folder(tmp_path / "codes")
+    main(["fit", "-c", str(write_config(tmp_path, codes, num_workers=1)), "--trainer.max_epochs", "2"])
+    straight = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    interrupted = write_config(tmp_path, codes, "interrupted.yaml", callbacks=killed_after(3), num_workers=1)
+    main(["fit", "-c", str(interrupted), "--trainer.max_epochs", "2"])
+    mid_epoch = tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(mid_epoch, weights_only=True)["global_step"] == 3
+    resumed_config = write_config(tmp_path, codes, "resumed.yaml", num_workers=1)
+    main(["fit", "-c", str(resumed_config), "--trainer.max_epochs", "2", "--ckpt_path", str(mid_epoch)])
+    resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 8
     for key, value in straight["state_dict"].items():
         assert torch.allclose(resumed["state_dict"][key], value, atol=1e-6), key
 

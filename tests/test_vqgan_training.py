@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from stage_configs import tiny_trainer, write_stage_config
+from stage_configs import killed_after, tiny_trainer, write_stage_config
 
 import vqgan
 from vqgan.cli import main
@@ -76,6 +76,21 @@ def test_resume_continues_exactly(tmp_path):
 
     assert resumed["global_step"] == straight["global_step"] > 4
     assert int(resumed["state_dict"]["generator_steps"]) == 8
+    for key, value in straight["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][key].float(), value.float(), atol=1e-5), key
+
+
+def test_resume_mid_epoch_continues_exactly(tmp_path):
+    """Killed after its 3rd optimiser step (inside the first epoch), resumed from that step's checkpoint."""
+    main(["fit", "-c", str(write_config(tmp_path)), "--trainer.max_epochs", "2"])
+    straight = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    killed = write_config(tmp_path, **{"trainer.callbacks": [*TINY["trainer"]["callbacks"], *killed_after(3)]})
+    main(["fit", "-c", str(killed), "--trainer.max_epochs", "2"])
+    mid_epoch = tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert 0 < int(torch.load(mid_epoch, weights_only=True)["state_dict"]["generator_steps"]) < 4
+    main(["fit", "-c", str(write_config(tmp_path)), "--trainer.max_epochs", "2", "--ckpt_path", str(mid_epoch)])
+    resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] and int(resumed["state_dict"]["generator_steps"]) == 8
     for key, value in straight["state_dict"].items():
         assert torch.allclose(resumed["state_dict"][key].float(), value.float(), atol=1e-5), key
 
