@@ -13,8 +13,12 @@ nobody reads a shard twice in an epoch.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
 import itertools
 import json
+import os
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,39 +78,98 @@ class ShardRecord:
         return sample
 
 
-def write_shards(records: Iterable[ShardRecord], out_dir: Path, shard_size: int, prefix: str = "shard") -> list[Path]:
+def write_shards(
+    records: Iterable[ShardRecord], out_dir: Path, shard_size: int, prefix: str = "shard", source: str | None = None
+) -> list[Path]:
     """Write records into `out_dir/{prefix}-000000.tar`, … with at most `shard_size` records each.
 
     Each shard is written under a temporary name and renamed when complete, so an interrupted run
-    leaves only whole shards. Refuses a folder that already holds `{prefix}-*.tar`: stale shards from
-    an earlier run would silently join the new set.
+    leaves only whole shards. A lock on the folder refuses a second run into it while one writes (two
+    runs would mix their shards). While a set is unfinished, `.{prefix}-progress.json` holds the
+    `source` (a description of the records), the shard size and the last key of each whole shard: the
+    same command run again skips the records of those shards (checking the last key of each) and
+    goes on. A folder holding other shards is refused: stale shards would silently join the new set.
     """
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive number of records per shard, got {shard_size!r}")
     out_dir = Path(out_dir)
-    existing = sorted(out_dir.glob(f"{prefix}-*.tar"))
-    if existing:
-        raise FileExistsError(
-            f"{out_dir} already holds shards ({existing[0].name}, …): use an empty folder or another prefix"
-        )
-
-    total = len(records) if hasattr(records, "__len__") else None
-    remaining = iter(ProgressBar(records, total=total, desc=f"writing shards to {out_dir}", unit="pair"))
-    written: list[Path] = []
-    for index in itertools.count():
-        # islice is lazy: a shard's records are read from the source only while that shard is open.
-        shard_records = itertools.islice(remaining, shard_size)
-        first = next(shard_records, None)
-        if first is None:
-            break
-        path = out_dir / f"{prefix}-{index:06d}.tar"
-        with atomic_path(path) as temporary, TarWriter(str(temporary), encoder=False, mtime=TAR_MTIME) as tar:
-            for record in itertools.chain([first], shard_records):
-                tar.write(record.to_sample())
-        written.append(path)
-    if not written:
-        raise ValueError(f"no records to write into {out_dir}: the source is empty")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress_path = out_dir / f".{prefix}-progress.json"
+    with folder_lock(out_dir / f".{prefix}.lock", f"another run is writing shards into {out_dir}"):
+        plan = {"source": source, "shard_size": shard_size}
+        last_keys = resumable_shards(out_dir, prefix, progress_path, plan)
+        total = len(records) if hasattr(records, "__len__") else None
+        remaining = iter(ProgressBar(records, total=total, desc=f"writing shards to {out_dir}", unit="pair"))
+        written = [out_dir / f"{prefix}-{index:06d}.tar" for index in range(len(last_keys))]
+        for index, last_key in enumerate(last_keys):  # what the interrupted run wrote: the same records?
+            skipped = collections.deque(itertools.islice(remaining, shard_size), maxlen=1)
+            record = skipped[0] if skipped else None
+            if record is None or record.key != last_key:
+                raise ValueError(
+                    f"{written[index]} ends with record {last_key!r} but the source now gives "
+                    f"{record.key if record else 'nothing'!r} there: the source changed; write into an empty folder"
+                )
+        for index in itertools.count(len(last_keys)):
+            # islice is lazy: a shard's records are read from the source only while that shard is open.
+            shard_records = itertools.islice(remaining, shard_size)
+            first = next(shard_records, None)
+            if first is None:
+                break
+            path = out_dir / f"{prefix}-{index:06d}.tar"
+            with atomic_path(path) as temporary, TarWriter(str(temporary), encoder=False, mtime=TAR_MTIME) as tar:
+                record = first
+                for record in itertools.chain([first], shard_records):
+                    tar.write(record.to_sample())
+            written.append(path)
+            last_keys.append(record.key)
+            with atomic_path(progress_path) as temporary:
+                temporary.write_text(json.dumps({**plan, "last_keys": last_keys}))
+        if not written:
+            raise ValueError(f"no records to write into {out_dir}: the source is empty")
+        progress_path.unlink(missing_ok=True)  # the set is complete
     return written
+
+
+def resumable_shards(out_dir: Path, prefix: str, progress_path: Path, plan: dict) -> list[str]:
+    """The last keys of the whole shards an interrupted run with this `plan` left in `out_dir` (none for
+    a folder without shards); an error for shards of another or a finished run."""
+    existing = sorted(path.name for path in out_dir.glob(f"{prefix}-*.tar"))
+    if not existing:
+        return []
+    try:
+        progress = json.loads(progress_path.read_text())
+    except (OSError, ValueError):
+        progress = None
+    last_keys = progress.get("last_keys") if isinstance(progress, dict) else None
+    if (
+        plan["source"] is None
+        or not isinstance(last_keys, list)
+        or {key: progress.get(key) for key in plan} != plan
+        or existing != [f"{prefix}-{index:06d}.tar" for index in range(len(last_keys))]
+    ):
+        raise FileExistsError(
+            f"{out_dir} already holds shards ({existing[0]}, …) of a finished or another run: "
+            "use an empty folder or another prefix"
+        )
+    return list(last_keys)
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` for the block; `busy` is the error when another process
+    holds it. The lock goes with the process, so a killed writer leaves no stale lock."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not path.exists() or not os.path.samefile(path, handle.fileno()):
+                raise BlockingIOError  # locked the file a finishing writer had just removed
+        except BlockingIOError:
+            raise RuntimeError(f"{busy}; wait for it to end or use another folder") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def member_cap(name: str) -> int | None:

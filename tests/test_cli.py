@@ -37,6 +37,29 @@ def test_data_shard_from_a_folder_keeps_every_pair(tmp_path):
     assert sorted(n for n in names if n.endswith(".png")) == [f"{i:06d}.png" for i in range(7)]
 
 
+def test_data_shard_run_again_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    from vqgan_clip import data_commands
+
+    shapes_records = data_commands._shapes_records
+
+    def interrupted(*args):
+        yield from list(shapes_records(*args))[:4]
+        raise KeyboardInterrupt
+
+    command = ["data", "shard", "shapes", str(tmp_path / "w"), "--n", "7", "--size", "16", "--shard-size", "3"]
+    monkeypatch.setattr(data_commands, "_shapes_records", interrupted)
+    with pytest.raises(SystemExit, match="interrupted"):
+        main(command)
+    assert [p.name for p in sorted((tmp_path / "w").glob("*.tar"))] == ["shard-000000.tar"]
+    monkeypatch.setattr(data_commands, "_shapes_records", shapes_records)
+    with pytest.raises(SystemExit, match="another run"):  # other settings: not the run that stopped
+        main([*command[:-1], "2"])
+    main(command)
+    main([*command[:3], str(tmp_path / "straight"), *command[4:]])
+    resumed, straight = (sorted((tmp_path / name).glob("*.tar")) for name in ("w", "straight"))
+    assert len(resumed) == 3 and [p.read_bytes() for p in resumed] == [p.read_bytes() for p in straight]
+
+
 def test_bad_input_is_one_line_and_non_zero(tmp_path):
     result = run_cli("data", "shard", str(tmp_path / "missing"), str(tmp_path / "out"))
     assert result.returncode != 0

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -187,8 +188,67 @@ def test_interrupted_write_leaves_only_finished_shards(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         write_shards(failing_source(), tmp_path, shard_size=3)
-    assert [p.name for p in tmp_path.iterdir()] == ["shard-000000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shard-progress.json", "shard-000000.tar"]
     assert len(tarfile.open(tmp_path / "shard-000000.tar").getnames()) == 6
+
+
+def test_an_interrupted_write_resumes_where_it_stopped(tmp_path):
+    """Run again with the same source, a write interrupted after 2 of 4 shards keeps them and writes the
+    rest: the same bytes as one straight run; a changed source or another plan is refused."""
+    records = make_records(11)
+    straight = write_shards(records, tmp_path / "straight", shard_size=3, source="eleven")
+
+    def interrupted_after(count):
+        yield from records[:count]
+        raise KeyboardInterrupt
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(interrupted_after(7), out, shard_size=3, source="eleven")
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    with pytest.raises(FileExistsError, match="another run"):
+        write_shards(records, out, shard_size=4, source="eleven")  # another shard size
+    with pytest.raises(FileExistsError, match="another run"):
+        write_shards(records, out, shard_size=3)  # no source to check against
+    with pytest.raises(ValueError, match="the source changed"):
+        write_shards(make_records(11, tag="x"), out, shard_size=3, source="eleven")
+    resumed = write_shards(records, out, shard_size=3, source="eleven")
+    assert [p.name for p in resumed] == [p.name for p in straight]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(resumed, straight))
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in straight]  # no progress file or lock left
+    with pytest.raises(FileExistsError, match="finished or another run"):
+        write_shards(records, out, shard_size=3, source="eleven")
+
+
+def test_a_second_writer_into_the_same_folder_is_refused(tmp_path):
+    """While one run writes shards into a folder (holding its lock), another is refused at once."""
+    writing, go_on = tmp_path / "writing", tmp_path / "go-on"
+    script = f"""
+import pathlib, time
+from imagetext.shards import ShardRecord, write_shards
+from test_shards import make_records
+def slow():
+    yield from make_records(2)
+    pathlib.Path({str(writing)!r}).touch()
+    while not pathlib.Path({str(go_on)!r}).exists():
+        time.sleep(0.05)
+    yield from make_records(4)[2:]
+write_shards(slow(), pathlib.Path({str(tmp_path / "out")!r}), shard_size=2, source="slow")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        for _ in range(600):
+            if writing.exists() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert writing.exists()
+        with pytest.raises(RuntimeError, match="another run is writing shards into"):
+            write_shards(make_records(4), tmp_path / "out", shard_size=2, source="slow")
+    finally:
+        go_on.touch()
+        assert first.wait(timeout=60) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):

@@ -55,11 +55,13 @@ def _shapes_records(n: int, image_size: int, seed: int) -> Iterator[ShardRecord]
 def write_shards(args: argparse.Namespace) -> None:
     if args.src == "shapes":
         records = _shapes_records(args.n, args.size, args.seed)
+        source = f"shapes n={args.n} size={args.size} seed={args.seed}"
     elif Path(args.src).is_dir() and not any(Path(args.src).glob("*.tar")):
         records = _folder_records(Path(args.src))
+        source = f"folder {Path(args.src).resolve()}"
     else:
         raise ValueError(
             f"{args.src} is neither 'shapes' nor an image–caption folder; to re-shard shards, read them with the DataModule"
         )
-    paths = write_shard_files(records, Path(args.out), args.shard_size)
+    paths = write_shard_files(records, Path(args.out), args.shard_size, source=source)
     print(f"wrote {len(paths)} shards to {args.out}")
