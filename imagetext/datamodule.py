@@ -65,20 +65,25 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.n, generator=generator).tolist()[self.start :])
 
 
-def resumable_shuffle(n: int, seed: int, batch_size: int, trainer: pl.Trainer | None) -> EpochShuffle:
-    """An EpochShuffle at the trainer's epoch and, for a run resumed mid-epoch, past the batches that
-    epoch has done, for a `train_dataloader` to use.
+def epoch_progress(trainer: pl.Trainer | None) -> tuple[int, int]:
+    """(the trainer's epoch, the training batches this process has done in it), for a `train_dataloader`.
 
-    The batches done come from the fit loop's own progress, restored from the checkpoint before the
-    loaders are made: a checkpoint saved after a training batch counts it as processed. (Lightning
-    sets the epoch at each epoch start, but on resume it starts the first epoch's workers before
-    that, Lightning issue #21938: set here, they draw the resumed epoch's order.)
+    Both come from the fit loop's own progress, restored from the checkpoint before the loaders are
+    made, so a run resumed mid-epoch sees where it stopped (a checkpoint saved after a training batch
+    counts it as processed). Lightning sets samplers' epochs itself, but on resume it starts the first
+    epoch's workers before that (Lightning issue #21938): set from here, they read the resumed epoch.
     """
     if trainer is None:
-        return EpochShuffle(n, seed)
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    start = done * batch_size * trainer.world_size  # under DDP every rank took its batch of each global batch
-    return EpochShuffle(n, seed, trainer.current_epoch, start if 0 < start < n else 0)
+        return 0, 0
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def resumable_shuffle(n: int, seed: int, batch_size: int, trainer: pl.Trainer | None) -> EpochShuffle:
+    """An EpochShuffle at the trainer's epoch and, for a run resumed mid-epoch, past the batches that
+    epoch has done (`epoch_progress`), for a `train_dataloader` to use."""
+    epoch, done = epoch_progress(trainer)
+    start = done * batch_size * (trainer.world_size if trainer else 1)  # under DDP every rank took a batch
+    return EpochShuffle(n, seed, epoch, start if 0 < start < n else 0)
 
 
 class DataEpochHooks(pl.Callback):
@@ -149,6 +154,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.stream_state: dict = {}  # wds: where each shard stream of the current epoch stands
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -180,6 +186,40 @@ class ImageTextDataModule(pl.LightningDataModule):
             # Every rank validates on all of the validation shards.
             self.val_set = ShardDataset(val_shards, h.image_size, False, "first")
 
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Notes where each shard stream stands after a training batch, for `state_dict` (wds only)."""
+        if self.trainer is not None and self.trainer.training and "stream" in batch:
+            epoch = self.trainer.current_epoch
+            if self.stream_state.get("epoch") != epoch:
+                self.stream_state = {"epoch": epoch, "streams": max(1, self.hparams.num_workers), "positions": {}}
+            stream = batch["stream"][0]  # a worker batches its own stream
+            self.stream_state["positions"][stream] = max(batch["position"])
+            self.stream_state["last_stream"] = stream
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"shard_streams": self.stream_state} if self.stream_state else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.stream_state = state_dict.get("shard_streams", {})
+
+    def _resume_shards(self, epoch: int, done: int) -> None:
+        """Point the shard streams of an epoch resumed mid-way past what its batches read."""
+        state = self.stream_state
+        if done == 0 or state.get("epoch") != epoch:
+            return
+        streams = max(1, self.hparams.num_workers)
+        if state["streams"] != streams:
+            log.warning(
+                "the run stopped with %d shard streams (data.num_workers) and goes on with %d: "
+                "epoch %d is read again from its start",
+                state["streams"],
+                streams,
+                epoch,
+            )
+            return
+        self.train_set.resume(state["positions"], (state["last_stream"] + 1) % streams)
+
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         iterable = isinstance(dataset, torch.utils.data.IterableDataset)
         return DataLoader(
@@ -196,6 +236,11 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
+        epoch, done = epoch_progress(self.trainer)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        if isinstance(self.train_set, ShardDataset):
+            self._resume_shards(epoch, done)
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import braceexpand
 import torch
-from torch.utils.data import IterableDataset
-from webdataset import SimpleShardList, TarWriter, split_by_worker
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset import TarWriter
 from webdataset.tariterators import group_by_keys, url_opener
 
 from imagetext.files import atomic_path
 from imagetext.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, ResizeCrop, open_rgb
 from imagetext.progress import ProgressBar
+from imagetext.seeding import keyed_generator
 
 IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 CAPTION_CHOICES = ("random", "first")
@@ -235,7 +236,16 @@ class ShardDataset(IterableDataset):
     are reported as a warning instead.
 
     With `shuffle_shards` the shard order is a permutation seeded by `seed + epoch`, the same on every
-    rank; call `set_epoch` before each epoch (it reaches workers unless they are persistent).
+    rank; call `set_epoch` before each epoch (it reaches workers unless they are persistent). The
+    random caption and crop of a sample are drawn from a generator keyed by (seed, epoch, shard, place
+    in the shard), so they do not depend on what a worker read before.
+
+    Resuming mid-epoch: each of a rank's `workers` reads one stream (`node_shards()[stream::workers]`),
+    and a DataLoader takes their batches in turn. Items carry `stream` and `position` (how many samples
+    of the stream were read up to and including this one, unreadable ones too); `resume(positions,
+    first_stream)` makes the next iteration skip each stream's first `positions[stream]` samples unread
+    and hand stream `first_stream` to worker 0, so the batches come in the order an uninterrupted
+    epoch would have given them.
     """
 
     def __init__(
@@ -267,9 +277,18 @@ class ShardDataset(IterableDataset):
         self.shuffle_shards = shuffle_shards
         self.seed = seed
         self.epoch = 0
+        self.shard_index = {shard: index for index, shard in enumerate(self.shards)}  # keys of the draws
+        self.skip: dict[int, int] = {}  # stream -> samples to pass over, for a resumed epoch
+        self.first_stream = 0
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip, self.first_stream = {}, 0  # a new epoch is read whole
         self.epoch = epoch
+
+    def resume(self, positions: dict[int, int], first_stream: int) -> None:
+        """Go on with the current epoch where its streams stood (see the class docstring)."""
+        self.skip, self.first_stream = dict(positions), first_stream
 
     def node_shards(self) -> list[str]:
         """This rank's shards for the current epoch, before the split between workers."""
@@ -280,15 +299,30 @@ class ShardDataset(IterableDataset):
         return shards[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        stream = (worker_id + self.first_stream) % workers
+        position, to_skip = 0, self.skip.get(stream, 0)
         skipped: list[str] = []
-        for shard in split_by_worker(SimpleShardList(self.node_shards())):
-            for sample in self.read_shard(shard["url"], skipped):
-                decoded = self.decode(sample)
+        for shard in self.node_shards()[stream::workers]:
+            shard_index = self.shard_index[shard]
+            for place, sample in enumerate(self.read_shard(shard, skipped)):
+                position += 1
+                if position <= to_skip:
+                    continue
+                decoded = self.decode(sample, keyed_generator(self.seed, self.epoch, shard_index, place))
                 if decoded is None:
                     skipped.append(sample["__key__"])
                     continue
                 image, caption = decoded
-                yield {"image": image, "caption": caption, "key": sample["__key__"], "skipped": skipped}
+                yield {
+                    "image": image,
+                    "caption": caption,
+                    "key": sample["__key__"],
+                    "skipped": skipped,
+                    "stream": stream,
+                    "position": position,
+                }
                 skipped = []
         if skipped:
             warnings.warn(
@@ -320,7 +354,7 @@ class ShardDataset(IterableDataset):
 
         yield from group_by_keys(members(), handler=note_failure)
 
-    def decode(self, sample: dict) -> tuple[torch.Tensor, str] | None:
+    def decode(self, sample: dict, generator: torch.Generator) -> tuple[torch.Tensor, str] | None:
         """(image tensor, chosen caption), or None when the image or the captions are missing or unreadable."""
         image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
         if image_ext is None or "txt" not in sample:
@@ -330,9 +364,9 @@ class ShardDataset(IterableDataset):
         if not captions:
             return None
         try:
-            image = self.resize_crop(open_rgb(sample[image_ext]))
+            image = self.resize_crop(open_rgb(sample[image_ext]), generator)
         except UNREADABLE_IMAGE_ERRORS:
             return None
         if self.caption_choice == "first":
             return image, captions[0]
-        return image, captions[int(torch.randint(len(captions), ()))]
+        return image, captions[int(torch.randint(len(captions), (), generator=generator))]

@@ -32,6 +32,7 @@ from clip_rerank.lightning import (
 from imagetext.describe import matches
 from imagetext.shapes import OPPOSITE_RELATION, ShapesDataset, parse_caption
 from imagetext.training import WarmupCosine
+from vqgan_clip.cli import main as main_cli
 
 # The smallest CLIP that still uses open_clip's BPE vocabulary (most of its weights are the token embedding).
 NANO_CONFIG = {
@@ -147,18 +148,22 @@ def write_wide_noise_folder(root: Path, n: int = 40) -> Path:
     return root
 
 
-@pytest.mark.parametrize("source", ["shapes", "folder"])
+@pytest.mark.parametrize("source", ["shapes", "folder", "wds"])
 def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, nano_config_file, source):
     """Killed after step 3 of the first epoch, resumed from that step's last.ckpt: the weights of a
-    straight run, tensor by tensor. The folder case draws random captions and crops in a worker."""
+    straight run, tensor by tensor. The folder case draws random captions and crops in a worker; the
+    wds case does too, in two workers that each read a stream of shards."""
     if source == "shapes":
         options = {"model.reflected_pairs": True, "model.reflect_to": "any", "model.order_negatives": True}
     else:
-        folder = write_wide_noise_folder(tmp_path / "noise")
-        options = {
-            **{"data.source": "folder", "data.path": str(folder), "data.random_crop": True, "data.num_workers": 1},
-            "model.hard_negatives": False,
-        }
+        folder = write_wide_noise_folder(tmp_path / "noise", n=48 if source == "wds" else 40)
+        if source == "wds":
+            main_cli(["data", "shard", str(folder), str(tmp_path / "shards"), "--shard-size", "8"])
+            # 5 training shards of 8 (the last of 6 validates): 2 streams, batches of 8, 5 steps an epoch
+            data = {"data.source": "wds", "data.path": str(tmp_path / "shards"), "data.num_workers": 2}
+        else:
+            data = {"data.source": "folder", "data.path": str(folder), "data.num_workers": 1}
+        options = {**data, "data.random_crop": True, "model.hard_negatives": False}
     config = write_config(tmp_path, nano_config_file, **{"trainer.max_epochs": 2, **options})
     main(["fit", "-c", str(config)])
     straight = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
