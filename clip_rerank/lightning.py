@@ -29,6 +29,7 @@ from typing import Any
 import open_clip
 import pytorch_lightning as pl
 import torch
+import torch.distributed.nn.functional
 import torch.nn.functional as F
 from einops import rearrange
 
@@ -196,6 +197,27 @@ def with_reflected_pairs(
     )
 
 
+def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every process's `rows` [n_r, D] in rank order, and where this process's own rows start.
+
+    Gradients flow back to each process's own rows (torch.distributed.nn's all_gather sums what every
+    process's loss sends them). Processes may hold different numbers of rows (reflected pairs and
+    negatives depend on the batch), so rows are padded to the largest count for the gather.
+    With one process, `rows` as they are.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows, 0
+    world_size, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if world_size == 1:
+        return rows, 0
+    counts = [torch.zeros((), dtype=torch.long, device=rows.device) for _ in range(world_size)]
+    torch.distributed.all_gather(counts, torch.tensor(len(rows), device=rows.device))
+    counts = [int(count) for count in counts]
+    padded = F.pad(rows, (0, 0, 0, max(counts) - len(rows)))
+    gathered = torch.distributed.nn.functional.all_gather(padded)
+    return torch.cat([part[:count] for part, count in zip(gathered, counts)]), sum(counts[:rank])
+
+
 def clip_loss_with_negatives(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -203,10 +225,19 @@ def clip_loss_with_negatives(
     logit_scale: torch.Tensor,
 ) -> torch.Tensor:
     """ClipLoss where each image picks its caption among the batch's captions and extra negative captions
-    [M, D] (NegCLIP); text→image is unchanged. With no negatives (M = 0) this is open_clip's ClipLoss."""
-    labels = torch.arange(len(image_features), device=image_features.device)
-    logits_per_image = logit_scale * image_features @ torch.cat([text_features, negative_features]).T
-    logits_per_text = logit_scale * text_features @ image_features.T
+    [M, D] (NegCLIP); text→image is unchanged. With no negatives (M = 0) this is open_clip's ClipLoss.
+
+    Under DDP the batch is the global batch: each process contrasts its own images and captions with
+    the images and captions of every process (gathered with gradients), as open_clip's ClipLoss with
+    `local_loss=True, gather_with_grad=True` does; its loss is the mean over its own rows, and DDP's
+    mean of the processes' gradients is the gradient of the global loss. Negatives stay on their
+    process (each image's own swaps are made from its own labels).
+    """
+    all_images, first = gather_rows(image_features)
+    all_texts, _ = gather_rows(text_features)
+    labels = torch.arange(first, first + len(image_features), device=image_features.device)
+    logits_per_image = logit_scale * image_features @ torch.cat([all_texts, negative_features]).T
+    logits_per_text = logit_scale * text_features @ all_images.T
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
@@ -337,12 +368,9 @@ class CLIPModule(pl.LightningModule):
         image_features, text_features = self.embed(images, self.scorer.tokenize(captions))
         batch_size = len(image_features)
         logit_scale = self.model.logit_scale.exp()
-        if len(text_features) > batch_size:
-            loss = clip_loss_with_negatives(
-                image_features, text_features[:batch_size], text_features[batch_size:], logit_scale
-            )
-        else:
-            loss = self.loss(image_features, text_features, logit_scale)
+        loss = clip_loss_with_negatives(
+            image_features, text_features[:batch_size], text_features[batch_size:], logit_scale
+        )
         self.log_dict(
             {
                 "train/loss": loss.detach(),

@@ -8,9 +8,9 @@ Batches: {"codes": LongTensor [B, h, w], "caption": list[str]}. A training item'
 its caption lines, drawn anew each epoch from a generator keyed by (seed, epoch, index), so a resumed
 run sees the same lines; a validation item always uses its first line.
 
-The training order is `EpochShuffle`, a function of (seed, epoch). Under DDP Lightning wraps that
-sampler in a distributed sampler, so each rank reads a disjoint slice of every epoch's order: for
-in-memory (map-style) data that is what splitting the shards by rank amounts to.
+The training order is `EpochShuffle`, a function of (seed, epoch). Under DDP each rank reads its own
+disjoint slice of every epoch's order: for in-memory (map-style) data that is what splitting the
+shards by rank amounts to.
 """
 
 from __future__ import annotations

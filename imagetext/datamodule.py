@@ -19,7 +19,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from imagetext.folder import ImageCaptionFolder
 from imagetext.shapes import ShapesDataset
@@ -39,30 +39,32 @@ def collate_image_text(samples: list[dict]) -> dict:
     return batch
 
 
-class EpochShuffle(Sampler[int]):
-    """A shuffle that is a function of (seed, epoch) alone, so a resumed run sees the same order.
+class EpochShuffle(DistributedSampler):
+    """A shuffle that is a function of (seed, epoch) alone, so a resumed run sees the same order, split
+    between the ranks of a DDP run.
 
     torch's RandomSampler draws from the global generator, whose state a checkpoint does not keep.
-    Lightning calls `set_epoch` on samplers itself (and under DDP wraps this one per rank). `start`
-    skips that many indices of the current epoch's order: a run resumed mid-epoch goes on where it
-    stopped. Its length stays the whole epoch's, which is what Lightning counts the resumed epoch's
-    batches against.
+    Rank r of `world_size` takes every world_size-th index of the epoch's order from r on, and the last
+    `n % world_size` indices of the order are left out, so no item is read twice in an epoch and every
+    rank gets as many batches (torch's DistributedSampler pads with repeats instead). Being a
+    DistributedSampler, Lightning uses it as it is under DDP and calls `set_epoch` on it. `skip` passes
+    over that many of this rank's indices of the current epoch: a run resumed mid-epoch goes on where it
+    stopped. Its length stays the rank's whole epoch, which Lightning counts the resumed epoch against.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+    def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=False, seed=seed, drop_last=True)
+        self.n, self.epoch, self.skip = n, epoch, skip
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.start = 0  # a new epoch is drawn whole
+            self.skip = 0  # a new epoch is drawn whole
         self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist()[self.start :])
+        order = torch.randperm(self.n, generator=generator)[: self.total_size]
+        return iter(order[self.rank :: self.num_replicas][self.skip :].tolist())
 
 
 def epoch_progress(trainer: pl.Trainer | None) -> tuple[int, int]:
@@ -75,15 +77,18 @@ def epoch_progress(trainer: pl.Trainer | None) -> tuple[int, int]:
     """
     if trainer is None:
         return 0, 0
+    epochs = trainer.fit_loop.epoch_progress.total
+    if epochs.processed == epochs.started:  # not inside an epoch (a fresh run, or one saved at an epoch's end)
+        return trainer.current_epoch, 0
     return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 def resumable_shuffle(n: int, seed: int, batch_size: int, trainer: pl.Trainer | None) -> EpochShuffle:
-    """An EpochShuffle at the trainer's epoch and, for a run resumed mid-epoch, past the batches that
-    epoch has done (`epoch_progress`), for a `train_dataloader` to use."""
+    """An EpochShuffle for this rank at the trainer's epoch and, for a run resumed mid-epoch, past the
+    batches that epoch has done (`epoch_progress`), for a `train_dataloader` to use."""
     epoch, done = epoch_progress(trainer)
-    start = done * batch_size * (trainer.world_size if trainer else 1)  # under DDP every rank took a batch
-    return EpochShuffle(n, seed, epoch, start if 0 < start < n else 0)
+    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    return EpochShuffle(n, seed, epoch, done * batch_size, rank, world_size)
 
 
 class DataEpochHooks(pl.Callback):

@@ -1,6 +1,9 @@
 """Writing the tiny YAML configs the stage tests run `fit` with."""
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -67,3 +70,21 @@ def write_stage_config(base: dict, folder: Path, name: str = "tiny.yaml", **over
     path = Path(folder) / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def run_fit(module: str, config: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE fit -c CONFIG ARGS` in a fresh process (which Lightning's DDP launcher can start
+    again per rank), one thread per process, with this folder importable for test callbacks."""
+    tests = str(Path(__file__).parent)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", module, "fit", "-c", str(config), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+DDP_ON_TWO_CPUS = {"trainer.devices": 2, "trainer.strategy": "ddp", "trainer.accelerator": "cpu"}

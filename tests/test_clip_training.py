@@ -11,8 +11,9 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from PIL import Image
-from stage_configs import killed_after, tiny_trainer, write_stage_config
+from stage_configs import DDP_ON_TWO_CPUS, killed_after, run_fit, tiny_trainer, write_stage_config
 
 import clip_rerank
 from clip_rerank.cli import main
@@ -183,6 +184,32 @@ def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, nano_config_file, sour
     assert resumed["global_step"] == straight["global_step"]
     for key, value in straight["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_on_the_global_batch(tmp_path, nano_config_file):
+    """DDP on 2 CPU processes with batches of 4 gives the weights of 1 process with batches of 8: the
+    contrastive loss sees the global batch (features gathered with gradients), and the ranks read
+    disjoint halves of each epoch. Augmentation and negatives are off (they are drawn per process)."""
+    plain = {"model.crop_min_side": 1.0, "model.hard_negatives": False, "trainer.max_epochs": 2}
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    run_fit("clip_rerank", write_config(tmp_path / "one", nano_config_file, **plain, **{"data.batch_size": 8}))
+    two = write_config(tmp_path / "two", nano_config_file, **plain, **{"data.batch_size": 4}, **DDP_ON_TWO_CPUS)
+    run_fit("clip_rerank", two)
+    single, ddp = (
+        torch.load(tmp_path / name / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("one", "two")
+    )
+    assert single["global_step"] == ddp["global_step"] == 8
+    assert abs(float(single["state_dict"]["model.logit_scale"]) - math.log(1 / 0.07)) > 1e-3  # it did train
+    for key, value in single["state_dict"].items():
+        other = ddp["state_dict"][key]
+        if key.endswith("attn.in_proj_bias"):
+            # The key bias (middle third) shifts every logit of a query alike, so softmax gives it no
+            # gradient but rounding noise, which Adam scales up to full-size steps: compare q and v only.
+            value, other = (rearrange(bias, "(qkv d) -> qkv d", qkv=3)[[0, 2]] for bias in (value, other))
+        assert torch.allclose(other, value, atol=1e-6, rtol=1e-5), key
 
 
 @pytest.mark.parametrize(

@@ -127,3 +127,17 @@ def test_training_order_is_a_function_of_seed_and_epoch():
     assert sorted(first) == list(range(50)) and first == list(EpochShuffle(50, seed=3))
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+def test_under_ddp_each_rank_reads_its_own_part_of_the_epoch():
+    """3 ranks over 50 items: disjoint parts of the same order, as many for each (the 2 left over are
+    read by nobody this epoch), and a rank resumed after 4 items goes on with the same ones."""
+    from imagetext.datamodule import EpochShuffle
+
+    parts = [list(EpochShuffle(50, seed=3, epoch=2, rank=rank, world_size=3)) for rank in range(3)]
+    assert [len(part) for part in parts] == [16, 16, 16]
+    assert len(set().union(*parts)) == 48
+    order = list(EpochShuffle(50, seed=3, epoch=2))
+    assert parts[1] == order[1:48:3]
+    resumed = EpochShuffle(50, seed=3, epoch=2, skip=4, rank=1, world_size=3)
+    assert list(resumed) == parts[1][4:] and len(resumed) == 16
