@@ -186,7 +186,15 @@ class ImageTextDataModule(pl.LightningDataModule):
             else:
                 raise ValueError(f"{h.path} has one shard: give data.val_path, or write more shards")
             self.train_set = ShardDataset(
-                train_shards, h.image_size, h.random_crop, "random", rank, world_size, shuffle_shards=True, seed=h.seed
+                train_shards,
+                h.image_size,
+                h.random_crop,
+                "random",
+                rank,
+                world_size,
+                shuffle_shards=True,
+                seed=h.seed,
+                workers=max(1, h.num_workers),
             )
             # Every rank validates on all of the validation shards.
             self.val_set = ShardDataset(val_shards, h.image_size, False, "first")
@@ -203,10 +211,26 @@ class ImageTextDataModule(pl.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict:
-        return {"shard_streams": self.stream_state} if self.stream_state else {}
+        """wds: where every rank's shard streams stood (a collective: every rank saves a checkpoint)."""
+        if self.hparams.source != "wds":
+            return {}
+        states = [self.stream_state]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [{} for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(states, self.stream_state)
+        return {"shard_streams": states}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.stream_state = state_dict.get("shard_streams", {})
+        states = state_dict.get("shard_streams", [])
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if states and len(states) != world_size:
+            log.warning(
+                "the run stopped with %d ranks and goes on with %d: its epoch's shards are read again from "
+                "their start",
+                len(states),
+                world_size,
+            )
+        self.stream_state = states[rank] if len(states) == world_size else {}
 
     def _resume_shards(self, epoch: int, done: int) -> None:
         """Point the shard streams of an epoch resumed mid-way past what its batches read."""

@@ -225,9 +225,10 @@ def expand_shard_spec(spec: str | Path | Sequence[str | Path]) -> list[str]:
 class ShardDataset(IterableDataset):
     """Stream image–caption samples from webdataset shards, each shard read by one process only.
 
-    Shards are split first by node (`shards[rank::world_size]`), then by DataLoader worker. In DDP a
-    rank with fewer samples than the others finishes its epoch early and the others hang at the next
-    collective, so use a number of shards divisible by world_size × num_workers, with equal shard sizes.
+    Shards are split first by node (`shards[rank::world_size]`), then by DataLoader worker (`workers`,
+    for the warning when there are fewer shards than streams). In DDP a rank with fewer samples than
+    the others finishes its epoch early and the others hang at the next collective, so use a number of
+    shards divisible by world_size × workers, with equal shard sizes.
 
     Each item is `{"image": [3, S, S] in [-1, 1], "caption", "key", "skipped"}`. `skipped` lists what
     this worker passed over since its previous item: keys of samples with an unreadable image or no
@@ -258,6 +259,7 @@ class ShardDataset(IterableDataset):
         world_size: int = 1,
         shuffle_shards: bool = False,
         seed: int = 0,
+        workers: int = 1,
     ):
         super().__init__()
         if caption_choice not in CAPTION_CHOICES:
@@ -265,9 +267,12 @@ class ShardDataset(IterableDataset):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.shards = expand_shard_spec(spec)
-        if len(self.shards) < world_size:
+        streams = world_size * workers
+        if len(self.shards) < streams:
             warnings.warn(
-                f"only {len(self.shards)} shards for {world_size} ranks: some ranks get no data and DDP will hang",
+                f"{len(self.shards)} shards for {world_size} ranks x {workers} loader workers = {streams} streams: "
+                f"some streams get no shard, and a rank with less data than the others makes DDP hang; "
+                f"write at least {streams} shards (a multiple of {streams}, of equal size)",
                 stacklevel=2,
             )
         self.resize_crop = ResizeCrop(image_size, random_crop)

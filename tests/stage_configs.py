@@ -22,6 +22,40 @@ class StopAfterStep(pl.Callback):
             trainer.should_stop = True
 
 
+class ReadLog(pl.Callback):
+    """Writes what each rank trained on, a line per item: `epoch<TAB>item`, into folder/rank-R.txt. An item
+    is its shard key, its file path, or its code grid (code-shard batches carry no names)."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if "key" in batch:
+            items = batch["key"]
+        elif "path" in batch:
+            items = batch["path"]
+        else:
+            items = [",".join(map(str, grid.flatten().tolist())) for grid in batch["codes"]]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank-{trainer.global_rank}.txt", "a") as log:
+            log.writelines(f"{trainer.current_epoch}\t{item}\n" for item in items)
+
+
+def items_read(folder: Path) -> dict[tuple[int, int], list[str]]:
+    """What ReadLog wrote: (rank, epoch) -> the items that rank trained on in that epoch, in order."""
+    read: dict[tuple[int, int], list[str]] = {}
+    for path in sorted(Path(folder).glob("rank-*.txt")):
+        rank = int(path.stem.split("-")[1])
+        for line in path.read_text().splitlines():
+            epoch, item = line.split("\t")
+            read.setdefault((rank, int(epoch)), []).append(item)
+    return read
+
+
+def read_log(folder: Path) -> dict:
+    return {"class_path": "stage_configs.ReadLog", "init_args": {"folder": str(folder)}}
+
+
 def killed_after(step: int) -> tuple[dict, dict]:
     """The callbacks of a fit that saves last.ckpt after every step and stops after `step`."""
     every_step = {

@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
-from stage_configs import DDP_ON_TWO_CPUS, killed_after, run_fit, tiny_trainer, write_stage_config
+from stage_configs import (
+    DDP_ON_TWO_CPUS,
+    items_read,
+    killed_after,
+    read_log,
+    run_fit,
+    tiny_trainer,
+    write_stage_config,
+)
 
 import clip_rerank
 from clip_rerank.cli import main
@@ -182,6 +190,42 @@ def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, nano_config_file, sour
     main(["fit", "-c", str(config), "--ckpt_path", str(mid_epoch)])
     resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == straight["global_step"]
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+
+
+@pytest.mark.slow
+def test_ddp_on_shards_reads_each_sample_once_and_resumes_mid_epoch_exactly(tmp_path, nano_config_file):
+    """2 CPU processes x 2 loader workers on 8 training shards of 4: each epoch the 4 streams read
+    disjoint samples, all of them; killed after step 3 and resumed, every rank's streams go on where
+    they stood (the checkpoint holds both ranks' positions) and the weights equal a straight run's."""
+    folder = write_wide_noise_folder(tmp_path / "noise", n=36)
+    main_cli(["data", "shard", str(folder), str(tmp_path / "shards"), "--shard-size", "4"])
+    options = {
+        **{"data.source": "wds", "data.path": str(tmp_path / "shards"), "data.num_workers": 2},
+        **{"data.batch_size": 4, "data.random_crop": True, "model.hard_negatives": False, "trainer.max_epochs": 2},
+        **DDP_ON_TWO_CPUS,
+    }
+    callbacks = tiny_trainer()["callbacks"]
+
+    def config(name: str, *extra: dict) -> Path:
+        return write_config(tmp_path, nano_config_file, name, **options, **{"trainer.callbacks": [*callbacks, *extra]})
+
+    run_fit("clip_rerank", config("straight.yaml", read_log(tmp_path / "read")))
+    read = items_read(tmp_path / "read")
+    for epoch in (0, 1):
+        assert len(read[(0, epoch)]) == len(read[(1, epoch)]) == 16
+        assert len(set(read[(0, epoch)]) | set(read[(1, epoch)])) == 32
+    straight = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    run_fit("clip_rerank", config("killed.yaml", *killed_after(3)))
+    mid_epoch = tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(mid_epoch, weights_only=True)["global_step"] == 3
+    run_fit("clip_rerank", config("resumed.yaml", read_log(tmp_path / "read-resumed")), "--ckpt_path", str(mid_epoch))
+    read_resumed = items_read(tmp_path / "read-resumed")
+    for rank in (0, 1):
+        assert read_resumed[(rank, 0)] == read[(rank, 0)][3 * 4 :]
+    resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 8
     for key, value in straight["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from stage_configs import killed_after, tiny_trainer, write_stage_config
+from stage_configs import items_read, killed_after, read_log, run_fit, tiny_trainer, write_stage_config
 
 import gpt_prior
 from gpt_prior.checkpoint import resolve_vqgan
@@ -286,6 +286,38 @@ def test_resume_mid_epoch_continues_exactly(tmp_path):
     main(["fit", "-c", str(resumed_config), "--trainer.max_epochs", "2", "--ckpt_path", str(mid_epoch)])
     resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == straight["global_step"] == 8
+    for key, value in straight["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][key], value, atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_ddp_reads_each_item_once_an_epoch_and_resumes_mid_epoch_exactly(tmp_path):
+    """2 CPU processes (gloo): each epoch the ranks train on disjoint halves of the code grids; killed
+    after step 3 of the first epoch and resumed, each rank reads on from its 13th item and the run ends
+    with the weights of the straight one, tensor by tensor."""
+    codes = make_code_folder(tmp_path / "codes")
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--data.batch_size", "4"]
+    run_fit("gpt_prior", write_config(tmp_path, codes, callbacks=(read_log(tmp_path / "read"),), num_workers=1), *ddp)
+    read = items_read(tmp_path / "read")
+    for epoch in (0, 1):
+        ranks = [read[(rank, epoch)] for rank in (0, 1)]
+        assert len(ranks[0]) == len(ranks[1]) == N_TRAIN // 2
+        assert len(set(ranks[0]) | set(ranks[1])) == N_TRAIN  # random 4x4 grids: each item is its own grid
+    straight = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert straight["global_step"] == 8
+
+    run_fit("gpt_prior", write_config(tmp_path, codes, "killed.yaml", callbacks=killed_after(3), num_workers=1), *ddp)
+    mid_epoch = tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(mid_epoch, weights_only=True)["global_step"] == 3
+    resumed_log = read_log(tmp_path / "read-resumed")
+    resumed_config = write_config(tmp_path, codes, "resumed.yaml", callbacks=(resumed_log,), num_workers=1)
+    run_fit("gpt_prior", resumed_config, *ddp, "--ckpt_path", str(mid_epoch))
+    read_resumed = items_read(tmp_path / "read-resumed")
+    for rank in (0, 1):
+        assert read_resumed[(rank, 0)] == read[(rank, 0)][3 * 4 :]
+        assert read_resumed[(rank, 1)] == read[(rank, 1)]
+    resumed = torch.load(tmp_path / "logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 8
     for key, value in straight["state_dict"].items():
         assert torch.allclose(resumed["state_dict"][key], value, atol=1e-6), key
 

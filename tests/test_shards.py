@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -270,10 +271,13 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         ShardRecord("a", b"", "png", [])
 
 
-def test_fewer_shards_than_ranks_warns(tmp_path):
-    paths = write_shards(make_records(1), tmp_path, shard_size=1)
-    with pytest.warns(UserWarning, match="DDP will hang"):
-        ShardDataset(paths, image_size=16, rank=1, world_size=2)
+def test_fewer_shards_than_ranks_times_workers_warns_with_the_numbers(tmp_path):
+    paths = write_shards(make_records(3), tmp_path, shard_size=1)
+    with pytest.warns(UserWarning, match="3 shards for 2 ranks x 2 loader workers = 4 streams.*DDP hang"):
+        ShardDataset(paths, image_size=16, rank=1, world_size=2, workers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ShardDataset(paths, image_size=16, rank=1, world_size=3)
 
 
 def test_a_sparse_member_is_skipped_from_its_header_without_being_read(tmp_path):
