@@ -22,6 +22,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.optim.lr_scheduler import LambdaLR
 
 from gpt_prior.checkpoint import CHECKPOINT_KEY
@@ -119,6 +121,20 @@ class GPTPriorModule(pl.LightningModule):
         # Each DDP rank built its own BPE in __init__, and the `tokenizers` trainer numbers some tokens in
         # hash-map order, so ranks can disagree on the ids: all of them take rank 0's tokenizer.
         self.tokenizer = TextTokenizer.from_json(self.trainer.strategy.broadcast(self.tokenizer.to_json(), src=0))
+
+    def configure_model(self) -> None:
+        """Under Lightning's ModelParallelStrategy (FSDP2), shard each transformer block and then the rest
+        of the prior over all ranks, for a prior too big for one device's memory.
+
+        The strategy's own mesh is nodes × devices (for tensor parallelism, which the prior does not
+        use): the prior shards over one flat mesh of every rank instead.
+        """
+        if not hasattr(self.trainer.strategy, "device_mesh") or isinstance(self.model, FSDPModule):
+            return  # another strategy, or already sharded
+        mesh = init_device_mesh(self.device.type, (self.trainer.world_size,))
+        for block in self.model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
 
     def configure_optimizers(self) -> dict:
         h = self.hparams

@@ -225,8 +225,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if states and len(states) != world_size:
             log.warning(
-                "the run stopped with %d ranks and goes on with %d: its epoch's shards are read again from "
-                "their start",
+                "the run stopped with %d ranks and goes on with %d: its epoch's shards are read again from their start",
                 len(states),
                 world_size,
             )

@@ -14,6 +14,7 @@ from gpt_prior.checkpoint import resolve_vqgan
 from gpt_prior.cli import main
 from gpt_prior.data import CodeShardDataModule
 from gpt_prior.lightning import GPTPriorModule, drop_captions
+from gpt_prior.model import GPT
 from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
 from imagetext.progress import PROGRESS_ENV, read_progress
 from imagetext.seeding import keyed_generator
@@ -320,6 +321,26 @@ def test_ddp_reads_each_item_once_an_epoch_and_resumes_mid_epoch_exactly(tmp_pat
     assert resumed["global_step"] == 8
     for key, value in straight["state_dict"].items():
         assert torch.allclose(resumed["state_dict"][key], value, atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_processes_trains_as_ddp_and_saves_one_loadable_file(tmp_path):
+    """configs/gpt_prior/fsdp.yaml's strategy (Lightning's ModelParallelStrategy: FSDP2, each block
+    sharded) on 2 CPU processes: the weights of the same run under DDP, in one full checkpoint file."""
+    codes = make_code_folder(tmp_path / "codes")
+    common = ["--trainer.devices", "2", "--trainer.accelerator", "cpu", "--data.batch_size", "4"]
+    ddp_dir, fsdp_dir = tmp_path / "ddp", tmp_path / "fsdp"
+    ddp_dir.mkdir(), fsdp_dir.mkdir()
+    run_fit("gpt_prior", write_config(ddp_dir, codes), *common, "--trainer.strategy", "ddp")
+    run_fit("gpt_prior", write_config(fsdp_dir, codes), "-c", "fsdp", *common)
+    ddp, fsdp = (
+        torch.load(folder / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        for folder in (ddp_dir, fsdp_dir)
+    )
+    assert fsdp["global_step"] == ddp["global_step"] == 4
+    for key, value in ddp["state_dict"].items():
+        assert torch.allclose(fsdp["state_dict"][key], value, atol=1e-5), key
+    assert isinstance(gpt_prior.load(fsdp_dir / "logs" / "version_0" / "checkpoints" / "last.ckpt").model, GPT)
 
 
 # ---------------------------------------------------------------- bad input
