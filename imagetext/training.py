@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningCLI
 
 from imagetext.checkpoints import read_torch
@@ -100,6 +101,26 @@ class ProgressFileCallback(pl.Callback):
 
 
 CONFIG_FLAGS = ("-c", "--config")
+GPU_ONLY_STRATEGIES = ("fsdp", "deepspeed")  # prefixes of Lightning's names (fsdp_cpu_offload, deepspeed_stage_3, …)
+
+
+def check_devices(trainer) -> None:
+    """A GPU accelerator or a GPU-only strategy asked for where torch sees no GPU: one line naming the
+    option to change, before Lightning's own (multi-line) refusal."""
+    if trainer is None or torch.cuda.is_available():
+        return
+    accelerator, strategy = trainer.get("accelerator"), trainer.get("strategy")
+    if isinstance(accelerator, str) and accelerator in ("gpu", "cuda"):
+        raise ValueError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and torch sees none here: "
+            "use --trainer.accelerator cpu (or auto)"
+        )
+    name = strategy if isinstance(strategy, str) else str(getattr(strategy, "class_path", "")).rsplit(".", 1)[-1]
+    if name.lower().startswith(GPU_ONLY_STRATEGIES):
+        raise ValueError(
+            f"trainer.strategy={name} runs on GPUs only and torch sees none here: use --trainer.strategy ddp "
+            "(or, for the prior, -c fsdp: FSDP2, which runs on CPUs too)"
+        )
 
 
 def with_packaged_configs(stage: str, args: list[str]) -> list[str]:
@@ -144,6 +165,8 @@ def run_stage_cli(
             ckpt_path = subcommand and self.config[subcommand].get("ckpt_path")
             if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
                 read_torch(ckpt_path)  # Lightning reads it with torch.load first: a broken file is one line here
+            if subcommand:
+                check_devices(self.config[subcommand].get("trainer"))
 
     try:
         StageCLI(
@@ -154,7 +177,7 @@ def run_stage_cli(
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, MisconfigurationException) as error:
         if os.environ.get("VQGAN_CLIP_DEBUG"):
             raise
         sys.exit(f"{program}: error: {error}")
