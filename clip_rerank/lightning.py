@@ -47,7 +47,7 @@ from imagetext.shapes import (
     render,
     scene_from_dict,
 )
-from imagetext.training import WarmupCosine, fit_schedule_to_trainer
+from imagetext.training import WarmupCosine, compile_in_place, fit_schedule_to_trainer
 
 ATTRIBUTES = ("color", "shape", "size", "relation")
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp: a temperature of at least 1/100
@@ -288,6 +288,7 @@ class CLIPModule(pl.LightningModule):
             relations, drawn per scene and step, so also above <-> to the left of).
         seed: seed of the augmentation and the hard negatives; the draws of each batch are a function of
             (seed, global_step).
+        compile: torch.compile the image and text transformers.
     """
 
     def __init__(
@@ -306,6 +307,7 @@ class CLIPModule(pl.LightningModule):
         reflected_pairs: bool = False,
         reflect_to: str = "opposite",
         seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         if not 0 < crop_min_side <= 1:
@@ -321,6 +323,13 @@ class CLIPModule(pl.LightningModule):
         self.checkpoint_metadata = checkpoint_metadata(self.model, self.scorer.architecture)
         self.loss = open_clip.ClipLoss()
         self._validation_outputs: dict[str, list[torch.Tensor]] = {}
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            text_tower = (
+                self.model.text if hasattr(self.model, "text") else self.model.transformer
+            )  # CustomTextCLIP or CLIP
+            compile_in_place([self.model.visual, text_tower])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["clip_rerank"] = self.checkpoint_metadata  # makes `clip_rerank.load("last.ckpt")` work alone

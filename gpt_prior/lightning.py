@@ -33,7 +33,7 @@ from gpt_prior.tokenizer import FILE_NAME as TOKENIZER_FILE
 from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
 from imagetext.code_shards import read_manifest
 from imagetext.seeding import keyed_generator
-from imagetext.training import WarmupCosine, fit_schedule_to_trainer
+from imagetext.training import WarmupCosine, compile_in_place, fit_schedule_to_trainer
 
 
 def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:
@@ -63,6 +63,7 @@ class GPTPriorModule(pl.LightningModule):
         min_lr_ratio: the cosine ends at min_lr_ratio × learning_rate on the trainer's last step.
         sampling: generation defaults the checkpoint carries (any of temperature, top_k, top_p,
             cfg_scale), which `vqgan-clip generate` and `eval` use where no flag overrides them.
+        compile: torch.compile each transformer block (the first steps then take the compile time).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class GPTPriorModule(pl.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         sampling: dict[str, float | int | None] | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -123,12 +125,15 @@ class GPTPriorModule(pl.LightningModule):
         self.tokenizer = TextTokenizer.from_json(self.trainer.strategy.broadcast(self.tokenizer.to_json(), src=0))
 
     def configure_model(self) -> None:
-        """Under Lightning's ModelParallelStrategy (FSDP2), shard each transformer block and then the rest
-        of the prior over all ranks, for a prior too big for one device's memory.
+        """Compile the blocks if asked. Under Lightning's ModelParallelStrategy (FSDP2), shard each
+        transformer block and then the rest of the prior over all ranks, for a prior too big for one
+        device's memory.
 
         The strategy's own mesh is nodes × devices (for tensor parallelism, which the prior does not
         use): the prior shards over one flat mesh of every rank instead.
         """
+        if self.hparams.compile:
+            compile_in_place(self.model.blocks)
         if not hasattr(self.trainer.strategy, "device_mesh") or isinstance(self.model, FSDPModule):
             return  # another strategy, or already sharded
         mesh = init_device_mesh(self.device.type, (self.trainer.world_size,))

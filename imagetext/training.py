@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -39,6 +40,17 @@ class WarmupCosine:
             raise RuntimeError("WarmupCosine.total_steps is unset: set it once the trainer knows its length")
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def compile_in_place(modules: Iterable[torch.nn.Module]) -> None:
+    """`torch.compile` each module in place (`nn.Module.compile`), for a stage's `model.compile: true`.
+
+    Compiled in place, a module keeps its state_dict keys, so checkpoints are the same with or without
+    it. Inductor keeps what it builds in its cache folder ($TORCHINDUCTOR_CACHE_DIR, by default
+    /tmp/torchinductor_$USER): a later run of the same shapes compiles in seconds, not a minute.
+    """
+    for module in modules:
+        module.compile()
 
 
 def fit_schedule_to_trainer(module: pl.LightningModule) -> None:

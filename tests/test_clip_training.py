@@ -492,3 +492,12 @@ def test_reflected_pairs_to_any_relation_draw_all_three_others_reproducibly():
         assert matches(caption, image) and new["relation"] != old["relation"]
         kinds.add("opposite" if new["relation"] == OPPOSITE_RELATION[old["relation"]] else "other axis")
     assert kinds == {"opposite", "other axis"}
+
+
+def test_model_compile_compiles_both_towers_in_place(nano_config_file):
+    module = CLIPModule(architecture=str(nano_config_file), compile=True)
+    keys = list(module.state_dict())
+    module.configure_model()
+    assert module.model.visual._compiled_call_impl is not None
+    assert module.model.transformer._compiled_call_impl is not None
+    assert list(module.state_dict()) == keys

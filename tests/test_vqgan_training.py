@@ -11,6 +11,7 @@ from stage_configs import killed_after, tiny_trainer, write_stage_config
 
 import vqgan
 from vqgan.cli import main
+from vqgan.lightning import VQGANModule
 
 TINY = {
     "seed_everything": 0,
@@ -117,3 +118,15 @@ def test_two_process_ddp_fit_on_cpu(tmp_path):
     result = run_cli("fit", "-c", str(config))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_model_compile_compiles_the_networks_in_place():
+    """model.compile: true hands the encoder, decoder and discriminator to torch.compile when the fit
+    sets the model up (their first call compiles); the state_dict keys stay those of the eager model."""
+    model = dict(TINY["model"], ddconfig=dict(TINY["model"]["ddconfig"], resolution=16))
+    module = VQGANModule(**model, compile=True)
+    keys = list(module.state_dict())
+    module.configure_model()
+    for network in (module.model.encoder, module.model.decoder, module.discriminator):
+        assert network._compiled_call_impl is not None
+    assert module.model.quantize._compiled_call_impl is None and list(module.state_dict()) == keys

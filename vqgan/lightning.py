@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 
 from imagetext.images import save_grid
+from imagetext.training import compile_in_place
 from vqgan.checkpoint import config_from_hparams
 from vqgan.discriminator import NLayerDiscriminator, adaptive_disc_weight, discriminator_loss, generator_loss
 from vqgan.model import VQGAN
@@ -51,6 +52,7 @@ class VQGANModule(pl.LightningModule):
         disc_loss: "hinge" or "vanilla". disc_ndf, disc_layers: PatchGAN width and depth.
         adaptive_weight_clamp: upper bound of the adaptive weight (taming: 1e4).
         channels_last: run the convolutions in channels_last memory format.
+        compile: torch.compile the encoder, the decoder and the discriminator.
         init_from_taming: {config: model.yaml, checkpoint: last.ckpt}, or {name: vqgan_imagenet_f16_1024} for a
             public one (downloaded once, vqgan.pretrained), to fine-tune a taming VQGAN (its discriminator
             is taken over when the shapes match).
@@ -78,6 +80,7 @@ class VQGANModule(pl.LightningModule):
         channels_last: bool = False,
         init_from_taming: dict[str, str] | None = None,
         grid_images: int = 8,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -92,6 +95,10 @@ class VQGANModule(pl.LightningModule):
         self.val_usage = CodebookUsage(self.model.codebook_size)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            compile_in_place([self.model.encoder, self.model.decoder, self.discriminator])
 
     def _load_taming(self, source: dict[str, str]) -> None:
         if set(source) == {"name"}:
