@@ -10,6 +10,7 @@ import torch
 from stage_configs import killed_after, tiny_trainer, write_stage_config
 
 import vqgan
+from imagetext.shapes import ShapesDataset
 from vqgan.cli import main
 from vqgan.lightning import VQGANModule
 
@@ -130,3 +131,34 @@ def test_model_compile_compiles_the_networks_in_place():
     for network in (module.model.encoder, module.model.decoder, module.discriminator):
         assert network._compiled_call_impl is not None
     assert module.model.quantize._compiled_call_impl is None and list(module.state_dict()) == keys
+
+
+def test_accumulated_batches_step_as_one_larger_batch(tmp_path):
+    """model.accumulate_grad_batches 2 over batches of 2 takes the steps of batches of 4: after 4 steps the
+    same model (taming's plain quantiser and no discriminator, whose per-batch EMA updates and adaptive
+    weight are not sums over the batch). Compared by what the models compute: a conv bias that a
+    GroupNorm of one channel per group follows gets no gradient but rounding noise, which Adam turns
+    into full-size steps, so such weights differ without changing any output."""
+    plain = {"model.quantizer": {}, "model.disc_start": 100, "trainer.max_steps": 8}
+    (tmp_path / "whole").mkdir(), (tmp_path / "halves").mkdir()
+    whole = write_config(tmp_path / "whole", **plain, **{"trainer.limit_train_batches": 4})
+    halves = write_config(
+        tmp_path / "halves",
+        **plain,
+        **{"trainer.limit_train_batches": 8, "data.batch_size": 2, "model.accumulate_grad_batches": 2},
+    )
+    main(["fit", "-c", str(whole)])
+    main(["fit", "-c", str(halves)])
+    one, two = (
+        torch.load(tmp_path / name / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("whole", "halves")
+    )
+    assert int(one["state_dict"]["generator_steps"]) == int(two["state_dict"]["generator_steps"]) == 4
+    images = torch.stack([ShapesDataset(8, 16, seed=5)[i]["image"] for i in range(8)])
+    whole_model, halves_model = (
+        vqgan.load(tmp_path / name / "logs" / "version_0" / "checkpoints" / "last.ckpt") for name in ("whole", "halves")
+    )
+    with torch.no_grad():
+        (whole_out, whole_codes), (halves_out, halves_codes) = whole_model(images), halves_model(images)
+    assert torch.equal(whole_codes.codes, halves_codes.codes)
+    assert torch.allclose(whole_out, halves_out, atol=1e-5)

@@ -53,6 +53,9 @@ class VQGANModule(pl.LightningModule):
         adaptive_weight_clamp: upper bound of the adaptive weight (taming: 1e4).
         channels_last: run the convolutions in channels_last memory format.
         compile: torch.compile the encoder, the decoder and the discriminator.
+        accumulate_grad_batches: batches whose gradients add up into one step of each optimiser (the
+            module steps its two optimisers itself, so Lightning's trainer.accumulate_grad_batches does
+            not apply); disc_start counts steps. Under DDP gradients are synchronised on the last batch only.
         init_from_taming: {config: model.yaml, checkpoint: last.ckpt}, or {name: vqgan_imagenet_f16_1024} for a
             public one (downloaded once, vqgan.pretrained), to fine-tune a taming VQGAN (its discriminator
             is taken over when the shapes match).
@@ -81,8 +84,11 @@ class VQGANModule(pl.LightningModule):
         init_from_taming: dict[str, str] | None = None,
         grid_images: int = 8,
         compile: bool = False,
+        accumulate_grad_batches: int = 1,
     ):
         super().__init__()
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"model.accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model = VQGAN(config_from_hparams(self.hparams))
@@ -144,34 +150,39 @@ class VQGANModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         h = self.hparams
+        step_now = (batch_idx + 1) % h.accumulate_grad_batches == 0 or self.trainer.is_last_batch
+        share = 1.0 / h.accumulate_grad_batches  # of the step's gradient
         images = self._images(batch)
-        self.toggle_optimizer(opt_g)  # the discriminator's weights need no gradients in this backward
-        reconstructions, quantized = self.model(images)
-        rec_loss = self.reconstruction_loss(images, reconstructions)
         disc_on = int(self.generator_steps) >= h.disc_start and h.disc_factor > 0
-
-        g_loss = torch.zeros((), device=images.device)
-        d_weight = torch.zeros((), device=images.device)
-        if disc_on:
-            g_loss = generator_loss(self.discriminator(reconstructions))
-            d_weight = h.disc_weight * adaptive_disc_weight(
-                rec_loss, g_loss, self.model.last_layer, h.adaptive_weight_clamp
-            )
-        loss = rec_loss + h.codebook_weight * quantized.loss + d_weight * h.disc_factor * g_loss
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-        self.generator_steps += 1
+        # toggle_model: the discriminator's weights need no gradients in this backward, and under DDP
+        # the gradients are synchronised only on the batch that steps.
+        with opt_g.toggle_model(sync_grad=step_now):
+            reconstructions, quantized = self.model(images)
+            rec_loss = self.reconstruction_loss(images, reconstructions)
+            g_loss = torch.zeros((), device=images.device)
+            d_weight = torch.zeros((), device=images.device)
+            if disc_on:
+                g_loss = generator_loss(self.discriminator(reconstructions))
+                d_weight = h.disc_weight * adaptive_disc_weight(
+                    rec_loss, g_loss, self.model.last_layer, h.adaptive_weight_clamp
+                )
+            loss = rec_loss + h.codebook_weight * quantized.loss + d_weight * h.disc_factor * g_loss
+            self.manual_backward(loss * share)
+        if step_now:
+            opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+            self.generator_steps += 1
 
         d_loss = torch.zeros((), device=images.device)
         if disc_on:
             logits_real = self.discriminator(images.detach())
             logits_fake = self.discriminator(reconstructions.detach())
             d_loss = h.disc_factor * self.d_loss_fn(logits_real, logits_fake)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
+            with opt_d.toggle_model(sync_grad=step_now):
+                self.manual_backward(d_loss * share)
+            if step_now:
+                opt_d.step()
+                opt_d.zero_grad(set_to_none=True)
 
         self.log_dict(
             {
