@@ -5,8 +5,10 @@
     python bench/optimize.py --clip runs/clip/emoji/clip.safetensors --sizes 256
 
 Three variants per image size, all with the same models, prompt, cutn and cut_pow:
-- `ours fp32` / `ours bf16`: `optimize.optimize` itself (bf16 autocast for the VQGAN and CLIP), timed
-  between its step callbacks;
+- `ours fp32` / `ours fp32 channels_last` / `ours fp32 compiled` / `ours bf16`: `optimize.optimize`
+  itself (the decoder in channels_last layout; the decoder and CLIP's image tower through
+  torch.compile, whose compile falls in the warm-up step; bf16 autocast for the VQGAN and CLIP),
+  timed between its step callbacks;
 - `baseline`: a step written the way the VQGAN-CLIP anchor tool writes it: fp32, no autocast, the
   VQGAN in its default memory layout, each cutout sliced and resized on its own in a Python loop and
   concatenated, then the batch resampled a second time by a per-sample random affine and flipped,
@@ -45,7 +47,7 @@ from optimize.loop import CodebookSpace, OptimizeSettings, clamp_keep_gradient, 
 from optimize.prompts import Target, TextPrompt  # noqa: E402
 
 PROMPT = "a smiling yellow face"
-VARIANTS = ("baseline", "ours fp32", "ours bf16")
+VARIANTS = ("baseline", "ours fp32", "ours fp32 channels_last", "ours fp32 compiled", "ours bf16")
 
 
 def parse_args() -> argparse.Namespace:
@@ -187,6 +189,8 @@ def run_worker(job: dict) -> dict:
         cutn=job["cutn"],
         cut_pow=job["cut_pow"],
         bf16=job["variant"] == "ours bf16",
+        channels_last=job["variant"] == "ours fp32 channels_last",
+        compile=job["variant"] == "ours fp32 compiled",
     )
     loaded_mb = peak_rss_mb()
     if device.type == "cuda":

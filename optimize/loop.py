@@ -29,6 +29,7 @@ from torch import Tensor
 
 from clip_rerank.scorer import Scorer
 from imagetext.images import open_rgb, pil_to_tensor
+from imagetext.training import compile_in_place
 from optimize.cutouts import Augmentations, Cutouts
 from optimize.prompts import ImagePrompt, NoisePrompt, Prompt, Target, TextPrompt, describe_prompt
 from vqgan.model import VQGAN
@@ -52,6 +53,8 @@ class OptimizeSettings:
     init_weight: float = 0.0  # weight of mean((z - z_start)²): keeps the result near its start
     seed: int = 0
     bf16: bool = False  # bf16 autocast for the VQGAN decoder and CLIP
+    channels_last: bool = False  # the decoder's convolutions in channels_last layout (faster on some CPUs and GPUs)
+    compile: bool = False  # torch.compile the decoder and CLIP's image tower (they stay compiled after the run)
     augment: Augmentations = field(default_factory=Augmentations)
 
     def __post_init__(self) -> None:
@@ -235,6 +238,19 @@ def _frozen_eval(module: torch.nn.Module) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def _channels_last(module: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """The module's 4-d weights in channels_last layout for the block, back to the usual layout after."""
+    if not enabled:
+        yield
+        return
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
 def optimize(
     vqgan: VQGAN,
     scorer: Scorer,
@@ -259,7 +275,10 @@ def optimize(
     cutouts = Cutouts(clip.image_size, settings.cutn, settings.cut_pow, settings.augment)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
 
-    with _frozen_eval(vqgan), _frozen_eval(clip.model):
+    layout = torch.channels_last if settings.channels_last else torch.contiguous_format
+    if settings.compile:
+        compile_in_place([vqgan.decoder, clip.model.visual])
+    with _frozen_eval(vqgan), _frozen_eval(clip.model), _channels_last(vqgan, settings.channels_last):
         targets = embed_prompts(clip, prompts, cutouts, generator)
         start = initial_codes(vqgan, settings, generator, init_image, init_codes)
         z_start = space.embed(start)
@@ -268,7 +287,7 @@ def optimize(
 
         def decode(latent: Tensor) -> Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-                image = vqgan.decode(space.decoder_input(latent))
+                image = vqgan.decode(space.decoder_input(latent).contiguous(memory_format=layout))
             return clamp_keep_gradient(image.float())
 
         losses: list[float] = []

@@ -121,7 +121,7 @@ def test_an_unknown_config_name_is_one_line_listing_the_packaged_ones(tmp_path):
     )
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
-    assert "'shapez'" in result.stderr and "emoji, shapes" in result.stderr
+    assert "'shapez'" in result.stderr and "emoji, gpus, shapes, taming_f16" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 `vqgan-clip optimize` end to end on tiny checkpoints made here (random weights; nothing downloaded)."""
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -269,6 +270,40 @@ def test_the_same_seed_gives_the_same_image(tiny_vqgan, scorer):
     other = optimize(tiny_vqgan, scorer, prompts, settings(seed=6, augment=Augmentations()))
     assert torch.equal(first.image, again.image) and first.losses == again.losses
     assert not torch.equal(first.initial_codes, other.initial_codes)
+
+
+def test_channels_last_changes_the_layout_not_the_run(tiny_vqgan, scorer):
+    """The decoder in channels_last layout gives the run of the usual layout (losses and codes; pixels
+    within float tolerance), and the VQGAN's weights are back in the usual layout afterwards."""
+    prompts = parse_prompts("a red circle")
+    plain = optimize(tiny_vqgan, scorer, prompts, settings(seed=5))
+    seen_layouts = []
+    last = optimize(
+        tiny_vqgan,
+        scorer,
+        prompts,
+        settings(seed=5, channels_last=True),
+        callback=lambda info: seen_layouts.append(
+            tiny_vqgan.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        ),
+    )
+    assert seen_layouts == [True, True, True]
+    assert torch.equal(plain.codes, last.codes) and plain.losses == pytest.approx(last.losses, rel=1e-5)
+    assert torch.allclose(plain.image, last.image, atol=1e-5)
+    assert all(parameter.is_contiguous() for parameter in tiny_vqgan.parameters())
+
+
+@pytest.mark.slow
+def test_a_compiled_run_is_the_eager_run(tiny_vqgan, scorer):
+    """compile=True (decoder and CLIP's image tower through torch.compile) changes the speed, not the run:
+    the same codes and losses. On copies: compiling is in place and would stay with the shared models."""
+    prompts = parse_prompts("a red circle")
+    eager = optimize(tiny_vqgan, scorer, prompts, settings(seed=5))
+    vqgan_copy, scorer_copy = copy.deepcopy(tiny_vqgan), copy.deepcopy(scorer)
+    compiled = optimize(vqgan_copy, scorer_copy, prompts, settings(seed=5, compile=True))
+    assert vqgan_copy.decoder._compiled_call_impl is not None
+    assert torch.equal(eager.codes, compiled.codes) and eager.losses == pytest.approx(compiled.losses, rel=1e-5)
+    assert torch.allclose(eager.image, compiled.image, atol=1e-4)
 
 
 def test_a_keyboard_interrupt_still_returns_the_current_image(tiny_vqgan, scorer):

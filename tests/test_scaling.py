@@ -5,8 +5,10 @@ import importlib
 
 import pytest
 import pytorch_lightning as pl
+import pytorch_lightning.utilities.rank_zero
 import yaml
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning_utilities.core.rank_zero import rank_zero_only as lightning_utilities_rank_zero_only
 from pytorch_lightning.strategies import DDPStrategy
 
 STAGES = {"vqgan": "ddp_find_unused_parameters_true", "gpt_prior": "ddp", "clip_rerank": "ddp"}
@@ -47,6 +49,10 @@ def test_the_gpus_overlay_runs_ddp_with_the_launchers_ranks(stage, launcher, cap
     environment, rank, variables = LAUNCHERS[launcher]
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
+    # Building the Trainer sets the process-wide rank that rank_zero_only checks: put it back afterwards,
+    # or later fits in this process would think they are rank 5 and log nothing.
+    for flag in (pytorch_lightning.utilities.rank_zero.rank_zero_only, lightning_utilities_rank_zero_only):
+        monkeypatch.setattr(flag, "rank", flag.rank)
     # This machine has no GPU: the same strategy on CPUs shows what Lightning makes of the launcher.
     trainer = pl.Trainer(
         accelerator="cpu", devices=4, num_nodes=2, strategy=trainer_config["strategy"], logger=False, max_steps=1

@@ -100,6 +100,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_settings.add_argument("--seed", type=int, default=0, help="the same seed repeats the run (default 0)")
     run_settings.add_argument("--bf16", action="store_true", help="bf16 autocast for the VQGAN and CLIP")
     run_settings.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="run the VQGAN decoder in channels_last layout: the same image, faster on some CPUs and GPUs "
+        "(bench/optimize.py measures it)",
+    )
+    run_settings.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decoder and CLIP's image tower: the first step takes the compile (~1 min on a "
+        "CPU; seconds once inductor's cache holds it), later steps are faster; for long runs",
+    )
+    run_settings.add_argument(
         "--device",
         type=device,
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -274,6 +286,8 @@ def run(args: argparse.Namespace) -> None:
         init_weight=args.init_weight,
         seed=args.seed,
         bf16=args.bf16,
+        channels_last=args.channels_last,
+        compile=args.compile,
     )
 
     save_every = args.save_every
