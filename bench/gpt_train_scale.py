@@ -24,6 +24,7 @@ import torch
 
 from gpt_prior.model import GPT, GPTConfig
 from imagetext.code_shards import write_code_shard
+from imagetext.training import compile_in_place
 
 CAPTION = "a small purple square below a large blue circle, seen from above, on a plain background"
 
@@ -40,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (as model.compile does)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as trainer.precision bf16-mixed does)")
     parser.add_argument("--target-params", type=float, default=300e6, help="non-embedding parameters of the target")
     parser.add_argument("--target-layers", type=int, default=24, help="its depth (for the attention term)")
     parser.add_argument("--target-width", type=int, default=1024, help="its width (for the attention term)")
@@ -65,8 +68,9 @@ def flops_per_token(non_embedding: float, n_layer: int, context: int, n_embd: in
     return 6 * non_embedding + 6 * n_layer * context * n_embd
 
 
-def time_steps(model: GPT, config: GPTConfig, batch_size: int, steps: int) -> float:
-    """Seconds per training step (forward, backward, AdamW) on random tokens."""
+def time_steps(model: GPT, config: GPTConfig, batch_size: int, steps: int, bf16: bool = False) -> float:
+    """Seconds per training step (forward, backward, AdamW) on random tokens; the median of `steps`
+    after 2 untimed ones (which take the compile, if any)."""
     generator = torch.Generator().manual_seed(0)
     text = torch.randint(1, config.text_vocab_size, (batch_size, config.text_len), generator=generator)
     codes = torch.randint(0, config.image_vocab_size, (batch_size, *config.image_grid), generator=generator)
@@ -74,7 +78,9 @@ def time_steps(model: GPT, config: GPTConfig, batch_size: int, steps: int) -> fl
     times = []
     for step in range(steps + 2):
         start = time.perf_counter()
-        model(text, codes).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(text, codes).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step >= 2:
@@ -103,16 +109,18 @@ def main() -> None:
         n_embd=args.n_embd,
     )
     model = GPT(config).train()
+    if args.compile:
+        compile_in_place(model.blocks)
     context = args.text_len + args.grid * args.grid
     n_body = non_embedding_parameters(model)
-    seconds = time_steps(model, config, args.batch_size, args.steps)
+    seconds = time_steps(model, config, args.batch_size, args.steps, args.bf16)
     tokens = args.batch_size * context
     achieved = tokens * flops_per_token(n_body, args.n_layer, context, args.n_embd) / seconds
     print(
         f"measured: {args.n_layer}x{args.n_embd} prior, {model.num_parameters() / 1e6:.1f}M parameters "
         f"({n_body / 1e6:.1f}M outside embeddings), batch {args.batch_size} x {context} tokens, "
         f"{torch.get_num_threads()} threads: {seconds * 1000:.0f} ms/step, {tokens / seconds:,.0f} tokens/s, "
-        f"{achieved / 1e9:.1f} GFLOP/s (fp32)"
+        f"{achieved / 1e9:.1f} GFLOP/s ({'bf16 autocast' if args.bf16 else 'fp32'}{', compiled' if args.compile else ''})"
     )
 
     tokens_per_epoch = args.pairs * context
