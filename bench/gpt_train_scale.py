@@ -133,7 +133,7 @@ def main() -> None:
         f"{flops_epoch:.2e} FLOPs an epoch"
     )
     print(
-        f"  here ({torch.get_num_threads()} CPU threads, fp32) at the measured rate: {flops_epoch / achieved / 3600:,.0f} hours an epoch"
+        f"  here ({torch.get_num_threads()} CPU threads) at the measured rate: {flops_epoch / achieved / 3600:,.0f} hours an epoch"
     )
     print(
         f"  on GPUs at {args.mfu:.0%} of {args.gpu_tflops:.0f} TFLOP/s (assumed, not measured): "
