@@ -79,6 +79,26 @@ def model_settings(config_path: Path) -> dict[str, Any]:
     return OmegaConf.to_container(config.model, resolve=True)
 
 
+class BenchOptimizer:
+    """What the step uses of Lightning's optimizer wrapper: `toggle_model` (only this optimizer's
+    parameters want gradients inside the block; no DDP here to synchronise), `step`, `zero_grad`."""
+
+    def __init__(self, module: VQGANModule, optimizer: torch.optim.Optimizer) -> None:
+        self.module, self.optimizer = module, optimizer
+
+    @contextmanager
+    def toggle_model(self, sync_grad: bool = True):
+        self.module.toggle_optimizer(self.optimizer)
+        yield
+        self.module.untoggle_optimizer(self.optimizer)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
 class TrainerFreeModule(VQGANModule):
     """A VQGANModule whose `training_step` runs without a Trainer: `optimizers()` and `manual_backward`
     are what the Trainer would provide (plain Adam pair from `configure_optimizers`, `loss.backward()`).
@@ -88,8 +108,8 @@ class TrainerFreeModule(VQGANModule):
         super().__init__(**settings)
         self.bench_optimizers = self.configure_optimizers()
 
-    def optimizers(self, use_pl_optimizer: bool = True) -> list[torch.optim.Optimizer]:
-        return self.bench_optimizers
+    def optimizers(self, use_pl_optimizer: bool = True) -> list[BenchOptimizer]:
+        return [BenchOptimizer(self, optimizer) for optimizer in self.bench_optimizers]
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         loss.backward(*args, **kwargs)

@@ -150,7 +150,9 @@ class VQGANModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         h = self.hparams
-        step_now = (batch_idx + 1) % h.accumulate_grad_batches == 0 or self.trainer.is_last_batch
+        step_now = (batch_idx + 1) % h.accumulate_grad_batches == 0 or (
+            h.accumulate_grad_batches > 1 and self.trainer.is_last_batch
+        )
         share = 1.0 / h.accumulate_grad_batches  # of the step's gradient
         images = self._images(batch)
         disc_on = int(self.generator_steps) >= h.disc_start and h.disc_factor > 0
