@@ -33,7 +33,7 @@ from imagetext.training import compile_in_place
 from optimize.cutouts import Augmentations, Cutouts
 from optimize.prompts import ImagePrompt, NoisePrompt, Prompt, Target, TextPrompt, describe_prompt
 from vqgan.model import VQGAN
-from vqgan.quantize import GumbelQuantizer
+from vqgan.quantize import GumbelQuantizer, VectorQuantizer
 
 InitKind = Literal["random", "image", "noise", "codes"]
 INIT_KINDS: tuple[str, ...] = ("random", "image", "noise", "codes")
@@ -114,9 +114,8 @@ class CodebookSpace:
         vectors = rearrange(z.float(), "b d h w -> (b h w) d")
         if self.normalize:
             vectors = F.normalize(vectors, dim=-1)
-        # ||v - e||² = ||v||² - 2 v·e + ||e||²: the quantizer's expansion, so ties break the same way
-        distances = vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.codebook.t() + self.codebook.pow(2).sum(1)
-        return rearrange(distances.argmin(dim=1), "(b h w) -> b h w", b=batch, h=height, w=width)
+        codes = VectorQuantizer.nearest_codes(vectors, self.codebook)
+        return rearrange(codes, "(b h w) -> b h w", b=batch, h=height, w=width)
 
     def straight_through(self, z: Tensor) -> Tensor:
         """Forward: the nearest codes' vectors. Backward: the gradient passes to z as if quantisation were identity."""

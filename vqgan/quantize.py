@@ -273,7 +273,7 @@ class VectorQuantizer(nn.Module):
                 vectors = F.normalize(vectors, dim=-1)
             codebook = self.codebook()
             with torch.no_grad():
-                codes = self._nearest(vectors, codebook)
+                codes = self.nearest_codes(vectors, codebook)
             quantized = F.embedding(codes, codebook)
 
             codebook_loss = F.mse_loss(quantized, vectors.detach())
@@ -297,8 +297,12 @@ class VectorQuantizer(nn.Module):
         )
 
     @staticmethod
-    def _nearest(vectors: Tensor, codebook: Tensor) -> Tensor:
-        # ||v - e||^2 = ||v||^2 - 2 v·e + ||e||^2, the same expansion (and tie-breaking) as taming
+    def nearest_codes(vectors: Tensor, codebook: Tensor) -> Tensor:
+        """The index of each lookup-space vector's nearest codebook row: vectors [N, d], codebook [K, d] -> [N].
+
+        ||v - e||² = ||v||² - 2 v·e + ||e||², the same expansion (and tie-breaking) as taming. VQGAN-CLIP's
+        straight-through step asks this too, so its codes are the quantiser's own.
+        """
         distances = vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.t() + codebook.pow(2).sum(1)
         return distances.argmin(dim=1)
 
