@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 import clip_rerank
-from clip_rerank.lightning import ATTRIBUTES, one_attribute_swaps
 from imagetext.images import array_to_tensor
 from imagetext.shapes import NOVEL_PAIRS, OPPOSITE_RELATION, Scene, render, scene_at
+from imagetext.shapes_contrasts import ATTRIBUTES, one_attribute_swaps
 
 
 def parse_args() -> argparse.Namespace:

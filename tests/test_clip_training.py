@@ -26,20 +26,22 @@ from stage_configs import (
 import clip_rerank
 from clip_rerank.cli import main
 from clip_rerank.lightning import (
-    ATTRIBUTES,
     CLIPModule,
     attribute_hits,
     clip_loss_with_negatives,
-    hard_negative_captions,
-    one_attribute_swaps,
-    order_swap_captions,
     random_crop,
     retrieval_accuracy,
-    same_picture,
-    with_reflected_pairs,
 )
 from imagetext.describe import matches
 from imagetext.shapes import OPPOSITE_RELATION, ShapesDataset, parse_caption
+from imagetext.shapes_contrasts import (
+    ATTRIBUTES,
+    hard_negative_captions,
+    one_attribute_swaps,
+    order_swap_captions,
+    same_picture,
+    with_reflected_pairs,
+)
 from imagetext.training import WarmupCosine
 from vqgan_clip.cli import main as main_cli
 
