@@ -234,9 +234,8 @@ class CLIPModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         if self.hparams.compile:
-            text_tower = (
-                self.model.text if hasattr(self.model, "text") else self.model.transformer
-            )  # CustomTextCLIP or CLIP
+            # open_clip's CustomTextCLIP keeps its text tower in `text`, CLIP in `transformer`
+            text_tower = self.model.text if hasattr(self.model, "text") else self.model.transformer
             compile_in_place([self.model.visual, text_tower])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -95,8 +95,8 @@ class DataEpochHooks(pl.Callback):
     """Per-epoch duties of the data that Lightning does not do itself.
 
     Tells the training set the epoch (Lightning only tells samplers; shards are shuffled per epoch,
-    a folder's captions and crops are drawn per epoch), and says once per epoch how many unreadable images the loaders passed over, instead
-    of once per file.
+    a folder's captions and crops are drawn per epoch), and says once per epoch how many unreadable
+    images the loaders passed over, instead of once per file.
     """
 
     def __init__(self):
@@ -194,17 +194,22 @@ class ImageTextDataModule(pl.LightningDataModule):
                 world_size,
                 shuffle_shards=True,
                 seed=h.seed,
-                workers=max(1, h.num_workers),
+                workers=self.shard_streams,
             )
             # Every rank validates on all of the validation shards.
             self.val_set = ShardDataset(val_shards, h.image_size, False, "first")
+
+    @property
+    def shard_streams(self) -> int:
+        """wds: the streams a rank's training shards are read in, one per loader worker (or the main process)."""
+        return max(1, self.hparams.num_workers)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Notes where each shard stream stands after a training batch, for `state_dict` (wds only)."""
         if self.trainer is not None and self.trainer.training and "stream" in batch:
             epoch = self.trainer.current_epoch
             if self.stream_state.get("epoch") != epoch:
-                self.stream_state = {"epoch": epoch, "streams": max(1, self.hparams.num_workers), "positions": {}}
+                self.stream_state = {"epoch": epoch, "streams": self.shard_streams, "positions": {}}
             stream = batch["stream"][0]  # a worker batches its own stream
             self.stream_state["positions"][stream] = max(batch["position"])
             self.stream_state["last_stream"] = stream
@@ -236,7 +241,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         state = self.stream_state
         if done == 0 or state.get("epoch") != epoch:
             return
-        streams = max(1, self.hparams.num_workers)
+        streams = self.shard_streams
         if state["streams"] != streams:
             log.warning(
                 "the run stopped with %d shard streams (data.num_workers) and goes on with %d: "

@@ -101,7 +101,7 @@ def write_shards(
         last_keys = resumable_shards(out_dir, prefix, progress_path, plan)
         total = len(records) if hasattr(records, "__len__") else None
         remaining = iter(ProgressBar(records, total=total, desc=f"writing shards to {out_dir}", unit="pair"))
-        written = [out_dir / f"{prefix}-{index:06d}.tar" for index in range(len(last_keys))]
+        written = [out_dir / shard_name(prefix, index) for index in range(len(last_keys))]
         for index, last_key in enumerate(last_keys):  # what the interrupted run wrote: the same records?
             skipped = collections.deque(itertools.islice(remaining, shard_size), maxlen=1)
             record = skipped[0] if skipped else None
@@ -116,9 +116,8 @@ def write_shards(
             first = next(shard_records, None)
             if first is None:
                 break
-            path = out_dir / f"{prefix}-{index:06d}.tar"
+            path = out_dir / shard_name(prefix, index)
             with atomic_path(path) as temporary, TarWriter(str(temporary), encoder=False, mtime=TAR_MTIME) as tar:
-                record = first
                 for record in itertools.chain([first], shard_records):
                     tar.write(record.to_sample())
             written.append(path)
@@ -129,6 +128,10 @@ def write_shards(
             raise ValueError(f"no records to write into {out_dir}: the source is empty")
         progress_path.unlink(missing_ok=True)  # the set is complete
     return written
+
+
+def shard_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:06d}.tar"
 
 
 def resumable_shards(out_dir: Path, prefix: str, progress_path: Path, plan: dict) -> list[str]:
@@ -146,7 +149,7 @@ def resumable_shards(out_dir: Path, prefix: str, progress_path: Path, plan: dict
         plan["source"] is None
         or not isinstance(last_keys, list)
         or {key: progress.get(key) for key in plan} != plan
-        or existing != [f"{prefix}-{index:06d}.tar" for index in range(len(last_keys))]
+        or existing != [shard_name(prefix, index) for index in range(len(last_keys))]
     ):
         raise FileExistsError(
             f"{out_dir} already holds shards ({existing[0]}, …) of a finished or another run: "
