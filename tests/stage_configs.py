@@ -12,7 +12,7 @@ import yaml
 
 class StopAfterStep(pl.Callback):
     """Ends a fit right after optimiser step `step`, as a kill would: that step's checkpoint is on disk
-    (with `every_step_checkpoint`), the rest of the epoch is not run."""
+    (with the every-step ModelCheckpoint of `killed_after`), the rest of the epoch is not run."""
 
     def __init__(self, step: int):
         self.step = step
