@@ -5,8 +5,8 @@ checkpoint trained here), rerank images by a prompt, CLIP score and FD-CLIP; `cl
     indices, scores = scorer.rerank("a small red circle above a large blue square", images, keep=4)
 """
 
-from clip_rerank.load import load, save_checkpoint
+from clip_rerank.load import load, save
 from clip_rerank.metrics import clip_score, fd_clip
 from clip_rerank.scorer import Scorer
 
-__all__ = ["Scorer", "clip_score", "fd_clip", "load", "save_checkpoint"]
+__all__ = ["Scorer", "clip_score", "fd_clip", "load", "save"]

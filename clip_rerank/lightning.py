@@ -32,7 +32,7 @@ import torch.distributed.nn.functional
 import torch.nn.functional as F
 from einops import rearrange
 
-from clip_rerank.load import checkpoint_metadata, load
+from clip_rerank.load import STAGE, load, metadata
 from imagetext.shapes_contrasts import (
     ATTRIBUTES,
     hard_negative_captions,
@@ -228,7 +228,7 @@ class CLIPModule(pl.LightningModule):
         self.scorer = load(architecture, pretrained=pretrained)
         self.model = self.scorer.model.train().requires_grad_(True)
         # Computed now, so an architecture open_clip cannot describe fails before training, not at the first save.
-        self.checkpoint_metadata = checkpoint_metadata(self.model, self.scorer.architecture)
+        self.checkpoint_metadata = metadata(self.model, self.scorer.architecture)
         self.loss = open_clip.ClipLoss()
         self._validation_outputs: dict[str, list[torch.Tensor]] = {}
 
@@ -239,7 +239,7 @@ class CLIPModule(pl.LightningModule):
             compile_in_place([self.model.visual, text_tower])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["clip_rerank"] = self.checkpoint_metadata  # makes `clip_rerank.load("last.ckpt")` work alone
+        checkpoint[STAGE] = self.checkpoint_metadata  # makes `clip_rerank.load("last.ckpt")` work alone
 
     def configure_optimizers(self):
         h = self.hparams

@@ -11,7 +11,7 @@
 The small architectures in `imagetext/configs/clip_rerank/*.json` (package data) are registered with open_clip when this module
 is imported, so every name above goes through open_clip's one factory.
 
-Checkpoint format of this project (written by `save_checkpoint`):
+File format of this project (every stage's, imagetext.checkpoints; written by `save`):
     a safetensors file holding the model's state_dict under open_clip's own key names, whose metadata
     (str -> str) holds
         "format"       = "clip_rerank/1"
@@ -23,7 +23,7 @@ Checkpoint format of this project (written by `save_checkpoint`):
     `create_model(architecture, pretrained=file)` read it too.
 A Lightning checkpoint (.ckpt) of the CLIP LightningModule holds the model's state_dict under the
 prefix "model." and the same metadata dict under `checkpoint["clip_rerank"]` (put there by
-`checkpoint_metadata` in `on_save_checkpoint`). It is read with `torch.load(weights_only=True)`.
+`metadata` in `on_save_checkpoint`). It is read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -37,19 +37,23 @@ from pathlib import Path
 
 import open_clip
 import torch
-from safetensors.torch import save_file
 
 from clip_rerank.scorer import Scorer
-from imagetext.checkpoints import CheckpointError, open_safetensors, read_torch
+from imagetext.checkpoints import (
+    CheckpointError,
+    ModelFile,
+    ModelFileNotFound,
+    load_weights,
+    model_format,
+    read_model_file,
+    save_model_file,
+)
 from imagetext.configs import config_dir
-from imagetext.files import atomic_path
 from imagetext.shipped import resolve_if_shipped, shipped_names
 
-CONFIG_DIR = config_dir("clip_rerank")
-CHECKPOINT_FORMAT = "clip_rerank/1"
+STAGE = "clip_rerank"
+CONFIG_DIR = config_dir(STAGE)
 MODEL_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip needs to build a CLIP
-LIGHTNING_METADATA_KEY = "clip_rerank"
-LIGHTNING_MODEL_PREFIX = "model."
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model by where it lives
 
@@ -81,7 +85,7 @@ def load(
     return Scorer(model, tokenizer, architecture=architecture, bf16=bf16)
 
 
-def checkpoint_metadata(model: torch.nn.Module, architecture: str, model_config: dict | None = None) -> dict[str, str]:
+def metadata(model: torch.nn.Module, architecture: str, model_config: dict | None = None) -> dict[str, str]:
     """The metadata that makes a checkpoint self-describing (see the module docstring).
 
     `model_config` defaults to the config open_clip has registered under `architecture`.
@@ -91,25 +95,16 @@ def checkpoint_metadata(model: torch.nn.Module, architecture: str, model_config:
         if model_config is None:
             raise ValueError(f"architecture {architecture!r} is not registered with open_clip; pass its model_config")
     return {
-        "format": CHECKPOINT_FORMAT,
+        "format": model_format(STAGE),
         "architecture": architecture,
         "model_config": json.dumps(model_config),
         "preprocess": json.dumps(open_clip.get_model_preprocess_cfg(model)),
     }
 
 
-def save_checkpoint(
-    model: torch.nn.Module, architecture: str, path: str | Path, model_config: dict | None = None
-) -> Path:
-    """Write `model` as this project's safetensors checkpoint; the file appears complete or not at all."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"CLIP checkpoints are safetensors files; name it {path.with_suffix('.safetensors')}")
-    # safetensors refuses tensors that share memory (tied weights); each entry gets its own copy.
-    state_dict = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
-    with atomic_path(path) as temporary:
-        save_file(state_dict, str(temporary), metadata=checkpoint_metadata(model, architecture, model_config))
-    return path
+def save(model: torch.nn.Module, architecture: str, path: str | Path, model_config: dict | None = None) -> Path:
+    """Write `model` as this project's safetensors file; it appears complete or not at all."""
+    return save_model_file(path, model.state_dict(), metadata(model, architecture, model_config))
 
 
 def _architecture_name(spec: str) -> str:
@@ -141,16 +136,19 @@ def _create_with_weights(architecture: str, pretrained: str | Path | None) -> to
         return open_clip.create_model(architecture)
     pretrained_path = Path(pretrained)
     if pretrained_path.is_file() and pretrained_path.suffix == ".ckpt":
-        _, state_dict = _read_lightning_checkpoint(pretrained_path)
+        # The architecture is named, so a checkpoint that does not describe itself will do.
+        found = read_model_file(pretrained_path, STAGE, upgrade=_architecture_given)
         with _quiet_open_clip_log():
             model = open_clip.create_model(architecture)
-        _load_weights(model, state_dict, pretrained_path, architecture)
+        load_weights(model, found, f"architecture {architecture}")
         return model
     if pretrained_path.is_file():  # open_clip reads it, converting other CLIP layouts (OpenAI, timm) on the way
         try:
             return open_clip.create_model(architecture, pretrained=str(pretrained_path))
         except (RuntimeError, AssertionError) as error:  # open_clip reports some mismatches by assert
-            raise _does_not_fit(pretrained_path, architecture, error) from error
+            raise CheckpointError(
+                f"{pretrained_path} does not fit architecture {architecture} ({str(error).splitlines()[0][:300]})"
+            ) from None
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if str(pretrained) in tags:  # open_clip downloads the weights on first use, into its own cache
         try:
@@ -173,30 +171,25 @@ def _create_with_weights(architecture: str, pretrained: str | Path | None) -> to
 
 
 def _from_project_checkpoint(path: Path) -> tuple[torch.nn.Module, open_clip.SimpleTokenizer, str]:
-    if not path.is_file():
-        raise FileNotFoundError(
+    hint = f"; a CLIP weights file without it: load it as load(ARCHITECTURE, pretrained={str(path)!r})"
+    try:
+        found = read_model_file(path, STAGE, hint=hint)
+    except ModelFileNotFound:
+        raise ModelFileNotFound(
             f"no CLIP checkpoint at {path}; give an existing .safetensors/.ckpt file or an architecture name "
             f"such as clip-tiny-32 or ViT-B-32"
-        )
-    if path.suffix == ".safetensors":
-        metadata, state_dict = _read_safetensors_checkpoint(path)
-    else:
-        metadata, state_dict = _read_lightning_checkpoint(path)
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} does not say which architecture it holds (no {CHECKPOINT_FORMAT} metadata); "
-            f"load it as load(ARCHITECTURE, pretrained={str(path)!r})"
-        )
-    try:
-        model_config, preprocess = json.loads(metadata["model_config"]), json.loads(metadata["preprocess"])
-    except (KeyError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: its {CHECKPOINT_FORMAT} metadata lacks a readable {error}") from None
+        ) from None
+    model_config, preprocess = found.json("model_config"), found.json("preprocess")
     missing = [key for key in MODEL_CONFIG_KEYS if not isinstance(model_config, dict) or key not in model_config]
     if missing:
         raise CheckpointError(f"{path}: its model_config lacks {', '.join(missing)}; it cannot say which CLIP to build")
     model, tokenizer = _create_from_config(model_config, preprocess)
-    _load_weights(model, state_dict, path, metadata["architecture"])
-    return model, tokenizer, metadata["architecture"]
+    load_weights(model, found, f"architecture {found.metadata['architecture']}")
+    return model, tokenizer, found.metadata["architecture"]
+
+
+def _architecture_given(found: ModelFile) -> dict[str, str]:
+    return found.metadata | {"format": model_format(STAGE)}
 
 
 def _create_from_config(model_config: dict, preprocess: dict) -> tuple[torch.nn.Module, open_clip.SimpleTokenizer]:
@@ -212,40 +205,6 @@ def _create_from_config(model_config: dict, preprocess: dict) -> tuple[torch.nn.
             model = open_clip.create_model(f"local-dir:{folder}")
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     return model, tokenizer
-
-
-def _read_safetensors_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    with open_safetensors(path) as file:
-        return file.metadata() or {}, {name: file.get_tensor(name) for name in file.keys()}
-
-
-def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    checkpoint = read_torch(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); use a .safetensors checkpoint")
-    state_dict = {
-        name.removeprefix(LIGHTNING_MODEL_PREFIX): tensor
-        for name, tensor in checkpoint["state_dict"].items()
-        if name.startswith(LIGHTNING_MODEL_PREFIX)
-    }
-    return checkpoint.get(LIGHTNING_METADATA_KEY, {}), state_dict
-
-
-def _load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path, architecture: str) -> None:
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise _does_not_fit(source, architecture, error) from error
-
-
-def _does_not_fit(source: Path, architecture: str, error: Exception) -> ValueError:
-    """torch lists every mismatched tensor on a line of its own, after a heading; keep the first two."""
-    lines = str(error).splitlines()
-    mismatches = " ".join(line.strip() for line in lines[1:3] or lines)
-    return ValueError(
-        f"{source} does not fit architecture {architecture} ({mismatches[:300]}); "
-        f"load it with the architecture it was trained as"
-    )
 
 
 @contextlib.contextmanager

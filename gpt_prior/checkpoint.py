@@ -1,12 +1,13 @@
-"""Loading a GPT prior for generation from one file, without unpickling anything.
+"""Saving and loading a GPT prior for generation as one file, without unpickling anything.
 
-Two formats load with `gpt_prior.load(path)`, and a short name ("shapes") loads a shipped bundle:
-- a `gpt-prior fit` checkpoint (.ckpt, read with torch.load(weights_only=True)): the weights and,
-  under checkpoint["gpt_prior"], the GPTConfig, the caption tokenizer, the path + sha256 of the VQGAN
-  whose codes the prior learned, and the sampling defaults;
-- an inference bundle (.safetensors, written by `export_bundle`): the weights, with the same four
-  things as JSON strings in the file's metadata. Its VQGAN may be a short name too.
-Either file is all generation needs besides the VQGAN it names.
+    gpt_prior.save(prior, "gpt.safetensors")     # weights + config, tokenizer, VQGAN, sampling defaults
+    prior = gpt_prior.load("gpt.safetensors")    # or a `gpt-prior fit` .ckpt, or a shipped name ("shapes")
+
+The file format is every stage's (imagetext.checkpoints): metadata `format` = "gpt_prior/1", `config`
+(the GPTConfig, JSON), `tokenizer` (the caption BPE, JSON), `vqgan` and `vqgan_sha256` (the VQGAN whose
+codes the prior learned: a path or a shipped name, and its file's digest) and `sampling` (generation
+defaults, JSON). A `gpt-prior fit` checkpoint holds the same under `checkpoint["gpt_prior"]`. Either
+file is all generation needs besides the VQGAN it names.
 """
 
 from __future__ import annotations
@@ -17,16 +18,35 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.tokenizer import TextTokenizer
-from imagetext.checkpoints import open_safetensors, read_torch
-from imagetext.files import atomic_path, file_sha256
+from imagetext.checkpoints import (
+    ModelFile,
+    ModelFileNotFound,
+    load_weights,
+    model_format,
+    read_model_file,
+    save_model_file,
+)
+from imagetext.files import file_sha256
 from imagetext.shipped import resolve
 
-CHECKPOINT_KEY = "gpt_prior"  # checkpoint["gpt_prior"] = {config, tokenizer, vqgan, vqgan_sha256, sampling}
-BUNDLE_FORMAT = "gpt_prior/1"
+STAGE = "gpt_prior"
+
+
+def metadata(
+    config: GPTConfig, tokenizer: TextTokenizer, vqgan: str, vqgan_sha256: str, sampling: dict
+) -> dict[str, str]:
+    """What a prior's file carries besides the weights (a `fit` checkpoint too: GPTPriorModule.on_save_checkpoint)."""
+    return {
+        "format": model_format(STAGE),
+        "config": json.dumps(asdict(config)),
+        "tokenizer": tokenizer.to_json(),
+        "vqgan": vqgan,
+        "vqgan_sha256": vqgan_sha256,
+        "sampling": json.dumps(sampling),
+    }
 
 
 @dataclass
@@ -46,74 +66,48 @@ class PriorBundle:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBundle:
-    """The GPT prior of a `gpt-prior fit` checkpoint (.ckpt), an inference bundle (.safetensors), or a
-    shipped bundle's short name."""
-    path = resolve("gpt_prior", path)
-    if not path.is_file():
-        raise FileNotFoundError(
+    """The GPT prior of a `gpt-prior fit` checkpoint (.ckpt), a .safetensors file, or a shipped model's short name."""
+    path = resolve(STAGE, path)
+    try:
+        found = read_model_file(path, STAGE, upgrade=_older_metadata)
+    except ModelFileNotFound:
+        raise ModelFileNotFound(
             f"GPT prior checkpoint {path} not found; give a .ckpt from `gpt-prior fit`, "
-            f"a .safetensors bundle, or a shipped model's name"
-        )
-    if path.suffix == ".safetensors":
-        with open_safetensors(path) as bundle:
-            metadata = bundle.metadata() or {}
-            if metadata.get("format") != BUNDLE_FORMAT:
-                raise ValueError(f"{path} is not a GPT prior bundle (no {BUNDLE_FORMAT!r} format in its metadata)")
-            state = {key: bundle.get_tensor(key) for key in bundle.keys()}
-        saved = {key: metadata[key] for key in ("tokenizer", "vqgan", "vqgan_sha256")}
-        saved |= {key: json.loads(metadata[key]) for key in ("config", "sampling")}
-    else:
-        checkpoint = read_torch(path)
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is None:
-            raise ValueError(
-                f"{path} is not a `gpt-prior fit` checkpoint (no {CHECKPOINT_KEY!r} entry with config and tokenizer)"
-            )
-        state = {
-            key.removeprefix("model."): value
-            for key, value in checkpoint["state_dict"].items()
-            if key.startswith("model.")
-        }
-    config = GPTConfig(**saved["config"])
+            f"a .safetensors file, or a shipped model's name"
+        ) from None
+    config = GPTConfig(**found.json("config"))
     model = GPT(config)
-    model.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
-    model.to(map_location)
+    # The prior computes in fp32 (bf16 is autocast), whatever dtype the file holds.
+    found.state = {key: value.float() for key, value in found.state.items()}
+    load_weights(model, found, "its GPT config")
     return PriorBundle(
-        model.eval(),
-        TextTokenizer.from_json(saved["tokenizer"]),
+        model.to(map_location).eval(),
+        TextTokenizer.from_json(found.metadata["tokenizer"]),
         config,
-        saved["vqgan"],
-        saved["vqgan_sha256"],
-        saved.get("sampling", {}),
+        found.metadata["vqgan"],
+        found.metadata["vqgan_sha256"],
+        found.json("sampling"),
     )
 
 
-def export_bundle(
+def _older_metadata(found: ModelFile) -> dict[str, str]:
+    """A `gpt-prior fit` checkpoint written before the format kept the same entries, without `format`."""
+    if {"config", "tokenizer", "vqgan", "vqgan_sha256"} <= set(found.metadata):
+        return {"format": model_format(STAGE), "sampling": "{}"} | found.metadata
+    return found.metadata
+
+
+def save(
     prior: PriorBundle, path: str | Path, vqgan: str | Path | None = None, vqgan_file: str | Path | None = None
 ) -> Path:
-    """Write the prior as one .safetensors bundle (atomically): weights, config, tokenizer, sampling defaults
+    """Write the prior as one .safetensors file (atomically): weights, config, tokenizer, sampling defaults
     and its VQGAN. `vqgan` (a path or a shipped name) names another VQGAN than the one it was trained
-    with, e.g. that VQGAN's own exported bundle; its sha256 is that of `vqgan_file` (default: the file
+    with, e.g. that VQGAN's own saved file; its sha256 is that of `vqgan_file` (default: the file
     `vqgan` names)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"a GPT prior bundle is a .safetensors file; got {path}")
     vqgan_reference = prior.vqgan_path if vqgan is None else str(vqgan)
     vqgan_sha256 = prior.vqgan_sha256 if vqgan is None else file_sha256(vqgan_file or resolve("vqgan", vqgan))
-    config = asdict(prior.config)
-    config["image_grid"] = list(config["image_grid"])
-    metadata = {
-        "format": BUNDLE_FORMAT,
-        "config": json.dumps(config),
-        "tokenizer": prior.tokenizer.to_json(),
-        "vqgan": vqgan_reference,
-        "vqgan_sha256": vqgan_sha256,
-        "sampling": json.dumps(prior.sampling),
-    }
-    state = {key: value.detach().contiguous().cpu() for key, value in prior.model.state_dict().items()}
-    with atomic_path(path) as temporary:
-        save_file(state, str(temporary), metadata=metadata)
-    return path
+    info = metadata(prior.config, prior.tokenizer, vqgan_reference, vqgan_sha256, prior.sampling)
+    return save_model_file(path, prior.model.state_dict(), info)
 
 
 def resolve_vqgan(bundle: PriorBundle, override: str | Path | None = None) -> Path:

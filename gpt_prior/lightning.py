@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,13 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.optim.lr_scheduler import LambdaLR
 
-from gpt_prior.checkpoint import CHECKPOINT_KEY
+from gpt_prior.checkpoint import STAGE, metadata
 from gpt_prior.data import read_split
 from gpt_prior.model import ADAMW_BETAS, GPT, GPTConfig, GPTOutput
 from gpt_prior.tokenizer import FILE_NAME as TOKENIZER_FILE
 from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
 from imagetext.code_shards import read_manifest
+from imagetext.configs import config_from_dict
 from imagetext.seeding import keyed_generator
 from imagetext.training import WarmupCosine, compile_in_place, fit_schedule_to_trainer
 
@@ -49,12 +50,12 @@ class GPTPriorModule(pl.LightningModule):
         codes: the `vqgan-clip tokenize` output folder: its manifest gives the code grid, the codebook
             size and the VQGAN, its training captions the BPE. `gpt-prior fit` links it to data.codes
             (one flag, `--data.codes`, sets both).
-        text_len: caption ids per sample (tokens, <eot>, padding); longer captions are cut, with a warning.
+        gpt: the transformer (gpt_prior.model.GPTConfig): text_len (caption ids per sample; longer
+            captions are cut, with a warning), n_layer, n_head, n_embd, dropout, and DALL·E's 1 : 7
+            text_loss_weight : image_loss_weight. Its vocabularies and code grid come from the data.
         vocab_size: the most BPE ids to learn; a small caption set stops below it.
         tokenizer: a tokenizer.json (or a run folder holding one) to use instead of learning a BPE,
             e.g. to train several priors on one vocabulary; vocab_size is then unused.
-        n_layer, n_head, n_embd, dropout: the transformer's size (gpt_prior.model.GPTConfig).
-        text_loss_weight, image_loss_weight: DALL·E's 1 : 7 weighting of caption and code cross-entropy.
         condition_dropout: probability that a training caption is replaced by "" (for classifier-free guidance).
         condition_dropout_seed: seeds those draws, keyed by (epoch, batch, rank), so a resumed run repeats them.
         learning_rate: AdamW peak rate, betas (0.9, 0.95).
@@ -69,15 +70,9 @@ class GPTPriorModule(pl.LightningModule):
     def __init__(
         self,
         codes: str,
-        text_len: int = 32,
+        gpt: GPTConfig | None = None,
         vocab_size: int = 1024,
         tokenizer: str | None = None,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 256,
-        dropout: float = 0.0,
-        text_loss_weight: float = 1.0,
-        image_loss_weight: float = 7.0,
         condition_dropout: float = 0.1,
         condition_dropout_seed: int = 0,
         learning_rate: float = 1e-3,
@@ -88,36 +83,37 @@ class GPTPriorModule(pl.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
         if not 0.0 <= condition_dropout <= 1.0:
             raise ValueError(f"model.condition_dropout is a probability in [0, 1], got {condition_dropout}")
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(
                 f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1]; got {warmup_steps}, {min_lr_ratio}"
             )
+        gpt = config_from_dict(GPTConfig, gpt or {}, "model.gpt")
+        given = [name for name, value in gpt.data_sizes.items() if value is not None]
+        if given:
+            raise ValueError(f"model.gpt.{given[0]} comes from the tokenizer and the codes' manifest; remove it")
         manifest = read_manifest(codes)
         _, train_captions = read_split(codes, "train")
         caption_lines = [line for lines in train_captions for line in lines]
         self.tokenizer = TextTokenizer.load(tokenizer) if tokenizer else train_tokenizer(caption_lines, vocab_size)
         # Encode every training caption once, only for the tokenizer's one warning that counts those
         # longer than text_len; the per-batch encodes below then stay quiet.
-        self.tokenizer.encode_batch(caption_lines, text_len)
+        self.tokenizer.encode_batch(caption_lines, gpt.text_len)
         self.vqgan_reference = {"vqgan": manifest["vqgan"], "vqgan_sha256": manifest["vqgan_sha256"]}
         self.model = GPT(
-            GPTConfig(
+            replace(
+                gpt,
                 text_vocab_size=self.tokenizer.vocab_size,
-                text_len=text_len,
                 image_vocab_size=manifest["codebook_size"],
                 image_grid=tuple(manifest["grid"]),
-                n_layer=n_layer,
-                n_head=n_head,
-                n_embd=n_embd,
-                dropout=dropout,
-                text_loss_weight=text_loss_weight,
-                image_loss_weight=image_loss_weight,
                 text_pad_id=self.tokenizer.pad_id,
             )
         )
+        # save_hyperparameters reads the arguments from this frame: plain types, so that a checkpoint
+        # reads back with torch.load(weights_only=True).
+        gpt = asdict(gpt)
+        self.save_hyperparameters()
 
     def setup(self, stage: str) -> None:
         # Each DDP rank built its own BPE in __init__, and the `tokenizers` trainer numbers some tokens in
@@ -154,7 +150,7 @@ class GPTPriorModule(pl.LightningModule):
         """Captions → LongTensor [B, text_len] on the module's device (truncation was reported at build time)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return self.tokenizer.encode_batch(captions, self.hparams.text_len).to(self.device)
+            return self.tokenizer.encode_batch(captions, self.model.config.text_len).to(self.device)
 
     def _loss(self, captions: Sequence[str], codes: torch.Tensor, stage: str) -> GPTOutput:
         out = self.model(self.text_tokens(captions), codes)
@@ -187,18 +183,17 @@ class GPTPriorModule(pl.LightningModule):
             self.tokenizer.save(Path(log_dir) / TOKENIZER_FILE)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        config = asdict(self.model.config)
-        config["image_grid"] = list(config["image_grid"])  # plain types only: read back with weights_only=True
-        checkpoint[CHECKPOINT_KEY] = {
-            "config": config,
-            "tokenizer": self.tokenizer.to_json(),
-            **self.vqgan_reference,
-            "sampling": dict(self.hparams.sampling or {}),
-        }
+        checkpoint[STAGE] = metadata(
+            self.model.config,
+            self.tokenizer,
+            self.vqgan_reference["vqgan"],
+            self.vqgan_reference["vqgan_sha256"],
+            dict(self.hparams.sampling or {}),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming: the weights go with the tokenizer they were trained with.
-        saved = checkpoint.get(CHECKPOINT_KEY)
+        saved = checkpoint.get(STAGE)
         if saved is None:
             raise ValueError("this checkpoint has no GPT prior tokenizer: resume from a checkpoint of `gpt-prior fit`")
         tokenizer = TextTokenizer.from_json(saved["tokenizer"])

@@ -25,26 +25,34 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+DATA_SIZES = ("text_vocab_size", "image_vocab_size", "image_grid")  # GPTConfig fields the data sets
 ADAMW_BETAS = (0.9, 0.95)  # GPT-2/3 and DALL·E: a shorter second-moment memory is steadier for transformers
 
 
 @dataclass
 class GPTConfig:
-    text_vocab_size: int  # the tokenizer's vocab_size
-    text_len: int  # caption ids per sample: tokens, <eot>, padding
-    image_vocab_size: int  # the VQGAN codebook size
-    image_grid: tuple[int, int]  # (h, w) of the VQGAN code grid
-    n_layer: int = 12
-    n_head: int = 8
-    n_embd: int = 512
+    """The prior's shape. The sizes its data decides (the tokenizer's vocabulary, the codebook size and
+    the code grid) are None until filled in (GPTPriorModule does, from the tokenizer and the codes'
+    manifest); a GPT needs them all."""
+
+    text_len: int = 32  # caption ids per sample: tokens, <eot>, padding
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
     dropout: float = 0.0
     bias: bool = False  # biases in Linear and LayerNorm layers
     text_loss_weight: float = 1.0  # DALL·E weighs caption : image cross-entropy as 1 : 7
     image_loss_weight: float = 7.0
-    text_pad_id: int = 0  # the tokenizer's <pad>: padded caption positions are not predicted
+    text_vocab_size: int | None = None  # the tokenizer's vocab_size
+    image_vocab_size: int | None = None  # the VQGAN codebook size
+    image_grid: tuple[int, int] | None = None  # (h, w) of the VQGAN code grid
+    text_pad_id: int = 0  # the tokenizer's <pad> (GPTPriorModule sets it): padded caption positions are not predicted
 
     def __post_init__(self) -> None:
-        self.image_grid = tuple(self.image_grid)  # a YAML list becomes the (h, w) pair
+        if self.image_grid is not None:
+            self.image_grid = tuple(self.image_grid)  # a YAML or JSON list becomes the (h, w) pair
+            if len(self.image_grid) != 2 or min(self.image_grid) < 1:
+                raise ValueError(f"GPTConfig.image_grid must be (h, w) with h, w >= 1, got {self.image_grid}")
         sizes = dict(
             text_vocab_size=self.text_vocab_size,
             text_len=self.text_len,
@@ -54,10 +62,8 @@ class GPTConfig:
             n_embd=self.n_embd,
         )
         for name, value in sizes.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"GPTConfig.{name} must be >= 1, got {value}")
-        if len(self.image_grid) != 2 or min(self.image_grid) < 1:
-            raise ValueError(f"GPTConfig.image_grid must be (h, w) with h, w >= 1, got {self.image_grid}")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if (
@@ -66,6 +72,11 @@ class GPTConfig:
             or self.text_loss_weight + self.image_loss_weight == 0
         ):
             raise ValueError("GPTConfig loss weights must be >= 0 and not both 0")
+
+    @property
+    def data_sizes(self) -> dict[str, object]:
+        """The sizes the data decides, by field name."""
+        return {name: getattr(self, name) for name in DATA_SIZES}
 
     @property
     def image_len(self) -> int:
@@ -170,6 +181,12 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        unset = [name for name, value in config.data_sizes.items() if value is None]
+        if unset:
+            raise ValueError(
+                f"GPTConfig {', '.join(unset)} unset: the data decides them (the tokenizer and the codes' "
+                f"manifest; GPTPriorModule fills them in)"
+            )
         self.config = config
         height, width = config.image_grid
         self.text_embedding = nn.Embedding(config.text_vocab_size, config.n_embd)

@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from clip_rerank.load import CONFIG_DIR, checkpoint_metadata, load, save_checkpoint
+from clip_rerank.load import CONFIG_DIR, load, metadata, save
 from clip_rerank.metrics import clip_score, fd_clip, frechet_distance
 from imagetext.shapes import ShapesDataset
 
@@ -76,7 +76,7 @@ def test_a_model_config_file_loads_under_its_file_name(micro_config_file):
 
 def test_own_safetensors_checkpoint_round_trips_without_the_config_registry(scorer, tmp_path):
     # A name open_clip has never heard of: the checkpoint's metadata alone must rebuild the model.
-    path = save_checkpoint(
+    path = save(
         scorer.model,
         "renamed-tiny",
         tmp_path / "clip.safetensors",
@@ -101,7 +101,7 @@ def test_local_open_clip_weights_file_loads_as_pretrained(scorer, tmp_path):
 def test_lightning_checkpoint_loads_alone_and_as_pretrained(scorer, tmp_path):
     path = tmp_path / "last.ckpt"
     lightning_state = {f"model.{name}": tensor for name, tensor in scorer.model.state_dict().items()}
-    torch.save({"state_dict": lightning_state, "clip_rerank": checkpoint_metadata(scorer.model, "clip-tiny-32")}, path)
+    torch.save({"state_dict": lightning_state, "clip_rerank": metadata(scorer.model, "clip-tiny-32")}, path)
     images = random_images(4)
     for restored in (seeded_load(path, seed=1), seeded_load("clip-tiny-32", pretrained=path, seed=1)):
         assert torch.equal(restored.encode_images(images), scorer.encode_images(images))

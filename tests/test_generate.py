@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 
 import clip_rerank
 import vqgan
-from gpt_prior.checkpoint import CHECKPOINT_KEY
+from gpt_prior.checkpoint import metadata
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.tokenizer import train_tokenizer
 from imagetext.files import file_sha256, safe_name
@@ -49,7 +48,7 @@ def make_tiny_models(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        vqgan_path = vqgan.export_bundle(vqgan.VQGAN(TINY_VQGAN), folder / "vqgan.safetensors")
+        vqgan_path = vqgan.save(vqgan.VQGAN(TINY_VQGAN), folder / "vqgan.safetensors")
         tokenizer = train_tokenizer([scene_at(0, i, IMAGE_SIZE).caption for i in range(64)], vocab_size=128)
         config = GPTConfig(
             text_vocab_size=tokenizer.vocab_size,
@@ -63,20 +62,14 @@ def make_tiny_models(folder: Path) -> dict[str, Path]:
         )
         gpt = GPT(config)
         clip = clip_rerank.load("clip-micro-32")
-    saved_config = asdict(config) | {"image_grid": list(config.image_grid)}
     torch.save(
         {
             "state_dict": {f"model.{key}": value for key, value in gpt.state_dict().items()},
-            CHECKPOINT_KEY: {
-                "config": saved_config,
-                "tokenizer": tokenizer.to_json(),
-                "vqgan": str(vqgan_path),
-                "vqgan_sha256": file_sha256(vqgan_path),
-            },
+            "gpt_prior": metadata(config, tokenizer, str(vqgan_path), file_sha256(vqgan_path), {}),
         },
         folder / "gpt.ckpt",
     )
-    clip_path = clip_rerank.save_checkpoint(clip.model, "clip-micro-32", folder / "clip.safetensors")
+    clip_path = clip_rerank.save(clip.model, "clip-micro-32", folder / "clip.safetensors")
     return {"vqgan": vqgan_path, "gpt": folder / "gpt.ckpt", "clip": clip_path}
 
 
@@ -158,7 +151,7 @@ def test_same_seed_same_bytes_new_folder_each_run(models, tmp_path):
 
 def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(models, tmp_path):
     checkpoint = torch.load(models["gpt"], weights_only=True)
-    checkpoint[CHECKPOINT_KEY]["sampling"] = {"cfg_scale": 1.5, "top_p": 0.8, "temperature": 0.9}
+    checkpoint["gpt_prior"]["sampling"] = json.dumps({"cfg_scale": 1.5, "top_p": 0.8, "temperature": 0.9})
     torch.save(checkpoint, tmp_path / "gpt.ckpt")
     out = tmp_path / "out"
     main(["generate", PROMPT, "--gpt", str(tmp_path / "gpt.ckpt"), "--out", str(out), "--keep", "1", "--top-p", "0.5"])
@@ -240,7 +233,7 @@ def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, monkeypatch,
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
     gpt, clip = str(models["gpt"]), str(models["clip"])
     if case == "vqgan of another codebook":
-        vqgan.export_bundle(vqgan.VQGAN(TINY_VQGAN | {"n_embed": 32}), tmp_path / "other.safetensors")
+        vqgan.save(vqgan.VQGAN(TINY_VQGAN | {"n_embed": 32}), tmp_path / "other.safetensors")
     args = {
         "empty prompt": ["  ", "--gpt", gpt],
         "blank prompts file": ["--prompts-file", "blank.txt", "--gpt", gpt],

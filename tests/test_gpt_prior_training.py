@@ -77,11 +77,8 @@ def write_config(
         "seed_everything": 0,
         "trainer": tiny_trainer(*callbacks, limit_val_batches=1, gradient_clip_val=1.0),
         "model": {
-            "text_len": 24,
+            "gpt": {"text_len": 24, "n_layer": 2, "n_head": 2, "n_embd": 32},
             "vocab_size": 256,
-            "n_layer": 2,
-            "n_head": 2,
-            "n_embd": 32,
             "learning_rate": LEARNING_RATE,
             "warmup_steps": 2,
             "min_lr_ratio": 0.1,
@@ -379,7 +376,9 @@ def test_long_captions_are_counted_in_one_warning(tmp_path):
     assert 0 < too_long < len(lines)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        module = GPTPriorModule(str(codes), text_len=text_len, vocab_size=256, n_layer=1, n_head=1, n_embd=8)
+        module = GPTPriorModule(
+            str(codes), {"text_len": text_len, "n_layer": 1, "n_head": 1, "n_embd": 8}, vocab_size=256
+        )
     truncations = [w for w in caught if "truncated" in str(w.message)]
     assert len(truncations) == 1 and f"{too_long} of {len(lines)} captions" in str(truncations[0].message)
     with warnings.catch_warnings():

@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import clip_rerank
 import gpt_prior
 import vqgan
 from clip_rerank.scorer import Scorer
-from gpt_prior.checkpoint import CHECKPOINT_KEY
+from gpt_prior.checkpoint import metadata
 from gpt_prior.model import GPT, GPTConfig
 from imagetext.files import file_sha256
 from imagetext.images import open_rgb, pil_to_tensor, read_png_text, save_png
@@ -90,8 +89,8 @@ def scorer(tmp_path_factory) -> Scorer:
 def checkpoints(tmp_path_factory, tiny_vqgan, scorer) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
     return {
-        "vqgan": vqgan.export_bundle(tiny_vqgan, folder / "vqgan.safetensors"),
-        "clip": clip_rerank.save_checkpoint(
+        "vqgan": vqgan.save(tiny_vqgan, folder / "vqgan.safetensors"),
+        "clip": clip_rerank.save(
             scorer.model, "clip-optimize-micro", folder / "clip.safetensors", model_config=MICRO_CLIP
         ),
     }
@@ -475,12 +474,7 @@ def test_cli_starts_from_a_gpt_prior_sample(checkpoints, tmp_path):
     torch.save(
         {
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            CHECKPOINT_KEY: {
-                "config": asdict(config) | {"image_grid": list(config.image_grid)},
-                "tokenizer": tokenizer.to_json(),
-                "vqgan": str(checkpoints["vqgan"]),
-                "vqgan_sha256": file_sha256(checkpoints["vqgan"]),
-            },
+            "gpt_prior": metadata(config, tokenizer, str(checkpoints["vqgan"]), file_sha256(checkpoints["vqgan"]), {}),
         },
         path,
     )

@@ -114,10 +114,7 @@ def test_vqgan_fit_can_start_from_a_public_taming_vqgan_by_name(server, tmp_path
     public(monkeypatch, server["url"])
     params = yaml.safe_load(TAMING_YAML)["model"]["params"]
     module = VQGANModule(
-        ddconfig=params["ddconfig"],
-        embed_dim=8,
-        n_embed=16,
-        quantizer={},
+        {"ddconfig": params["ddconfig"], "embed_dim": 8, "n_embed": 16},
         perceptual_weight=0.0,
         disc_ndf=8,
         disc_layers=2,
@@ -127,4 +124,6 @@ def test_vqgan_fit_can_start_from_a_public_taming_vqgan_by_name(server, tmp_path
     disc = server["state"]["loss.discriminator.main.6.running_var"]
     assert torch.equal(module.discriminator.main[6].running_var, disc)
     with pytest.raises(ValueError, match="init_from_taming takes"):
-        VQGANModule(ddconfig=params["ddconfig"], embed_dim=8, n_embed=16, init_from_taming={"config": "x.yaml"})
+        VQGANModule(
+            {"ddconfig": params["ddconfig"], "embed_dim": 8, "n_embed": 16}, init_from_taming={"config": "x.yaml"}
+        )

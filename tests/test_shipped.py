@@ -92,7 +92,7 @@ def test_export_writes_bundles_that_load_by_short_name(shipped_folder, tmp_path,
 
 def test_an_unknown_name_lists_the_shipped_ones(shipped_folder, tmp_path):
     models = make_tiny_models(tmp_path / "models")
-    vqgan.export_bundle(vqgan.load(models["vqgan"]), shipped_folder / "vqgan" / "tiny.safetensors")
+    vqgan.save(vqgan.load(models["vqgan"]), shipped_folder / "vqgan" / "tiny.safetensors")
     write_card(shipped_folder / "vqgan" / "tiny.safetensors")
     with pytest.raises(shipped.ShippedModelError, match=r"no shipped vqgan model named 'shape' \(shipped: tiny\)"):
         vqgan.load("shape")
@@ -104,7 +104,7 @@ def test_an_unknown_name_lists_the_shipped_ones(shipped_folder, tmp_path):
 
 def test_a_bundle_that_differs_from_its_card_is_refused(shipped_folder, tmp_path):
     models = make_tiny_models(tmp_path / "models")
-    bundle = vqgan.export_bundle(vqgan.load(models["vqgan"]), shipped_folder / "vqgan" / "tiny.safetensors")
+    bundle = vqgan.save(vqgan.load(models["vqgan"]), shipped_folder / "vqgan" / "tiny.safetensors")
     write_card(bundle)
     vqgan.load("tiny")
     bundle.write_bytes(bundle.read_bytes()[:-1] + b" ")  # one byte of a weight changed

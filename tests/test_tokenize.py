@@ -31,7 +31,7 @@ TINY_VQGAN = {
 @pytest.fixture
 def bundle(tmp_path):
     torch.manual_seed(0)
-    return vqgan.export_bundle(vqgan.VQGAN(TINY_VQGAN), tmp_path / "tiny.safetensors")
+    return vqgan.save(vqgan.VQGAN(TINY_VQGAN), tmp_path / "tiny.safetensors")
 
 
 def test_folder_to_code_shards_with_manifest(tmp_path, bundle):

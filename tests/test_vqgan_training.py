@@ -18,17 +18,19 @@ TINY = {
     "seed_everything": 0,
     "trainer": tiny_trainer(limit_train_batches=4, limit_val_batches=1),
     "model": {
-        "embed_dim": 8,
-        "n_embed": 16,
-        "ddconfig": {
-            "ch": 32,
-            "ch_mult": [1, 2],
-            "num_res_blocks": 1,
-            "attn_resolutions": [8],
-            "resolution": "${data.image_size}",
-            "z_channels": 8,
+        "config": {
+            "embed_dim": 8,
+            "n_embed": 16,
+            "ddconfig": {
+                "ch": 32,
+                "ch_mult": [1, 2],
+                "num_res_blocks": 1,
+                "attn_resolutions": [8],
+                "resolution": "${data.image_size}",
+                "z_channels": 8,
+            },
+            "quantizer": {"ema": True, "restart_threshold": 0.5, "l2_normalize": True},
         },
-        "quantizer": {"ema": True, "restart_threshold": 0.5, "l2_normalize": True},
         "perceptual_weight": 0.0,
         "disc_start": 2,
         "disc_ndf": 8,
@@ -62,7 +64,7 @@ def test_fit_logs_saves_a_grid_and_a_loadable_checkpoint(tmp_path):
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     codes = model.encode_codes(images)
     assert codes.shape == (2, 8, 8) and codes.max() < 16
-    bundle = vqgan.export_bundle(model, tmp_path / "tiny.safetensors")
+    bundle = vqgan.save(model, tmp_path / "tiny.safetensors")
     assert torch.equal(vqgan.load(bundle).decode_codes(codes), model.decode_codes(codes))
 
 
@@ -107,9 +109,9 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("vqgan: error:") and "use 16 or 18" in last_line
 
-    result = run_cli("fit", "-c", str(write_config(tmp_path, **{"model.ddconfig.chmult": [1, 2]})))
+    result = run_cli("fit", "-c", str(write_config(tmp_path, **{"model.config.ddconfig.chmult": [1, 2]})))
     assert result.returncode != 0
-    assert "unknown key(s) chmult" in result.stderr.strip().splitlines()[-1]
+    assert "does not accept option 'model.config.ddconfig.chmult'" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -133,7 +135,8 @@ def test_two_process_ddp_fit_on_an_image_folder_reads_each_image_once(tmp_path):
 def test_model_compile_compiles_the_networks_in_place():
     """model.compile: true hands the encoder, decoder and discriminator to torch.compile when the fit
     sets the model up (their first call compiles); the state_dict keys stay those of the eager model."""
-    model = dict(TINY["model"], ddconfig=dict(TINY["model"]["ddconfig"], resolution=16))
+    config = TINY["model"]["config"]
+    model = dict(TINY["model"], config=dict(config, ddconfig=dict(config["ddconfig"], resolution=16)))
     module = VQGANModule(**model, compile=True)
     keys = list(module.state_dict())
     module.configure_model()
@@ -148,7 +151,7 @@ def test_accumulated_batches_step_as_one_larger_batch(tmp_path):
     weight are not sums over the batch). Compared by what the models compute: a conv bias that a
     GroupNorm of one channel per group follows gets no gradient but rounding noise, which Adam turns
     into full-size steps, so such weights differ without changing any output."""
-    plain = {"model.quantizer": {}, "model.disc_start": 100, "trainer.max_steps": 8}
+    plain = {"model.config.quantizer": {}, "model.disc_start": 100, "trainer.max_steps": 8}
     (tmp_path / "whole").mkdir(), (tmp_path / "halves").mkdir()
     whole = write_config(tmp_path / "whole", **plain, **{"trainer.limit_train_batches": 4})
     halves = write_config(

@@ -21,9 +21,9 @@ from einops import rearrange
 
 from imagetext.images import save_grid
 from imagetext.training import compile_in_place
-from vqgan.checkpoint import config_from_hparams
+from vqgan.checkpoint import STAGE, metadata
 from vqgan.discriminator import NLayerDiscriminator, adaptive_disc_weight, discriminator_loss, generator_loss
-from vqgan.model import VQGAN
+from vqgan.model import VQGAN, VQGANConfig
 from vqgan.perceptual import LPIPSLoss
 from vqgan.pretrained import public_files, public_names
 from vqgan.quantize import CodebookUsage
@@ -40,10 +40,10 @@ class VQGANModule(pl.LightningModule):
     """The LightningModule around a plain `VQGAN` (`self.model`) and its PatchGAN (`self.discriminator`).
 
     Args:
-        ddconfig: taming's encoder/decoder settings (ch, ch_mult, num_res_blocks, attn_resolutions, ...).
-        embed_dim, n_embed: code vector size and codebook size.
-        quantizer: how codes are learned (vqgan.quantize.QuantizerConfig); {} is taming's quantiser.
-            Kept apart from ddconfig so that a second `-c` file can swap just this part.
+        config: the VQGAN (vqgan.model.VQGANConfig, or the same as a mapping): `ddconfig` (taming's
+            encoder/decoder settings), `embed_dim` and `n_embed` (code vector and codebook size) and
+            `quantizer` (how codes are learned, vqgan.quantize.QuantizerConfig; {} is taming's). A second
+            `-c` file can swap just `config.quantizer`.
         learning_rate: Adam learning rate for both optimisers, betas (0.5, 0.9) as in taming.
         pixel_weight, perceptual_weight, codebook_weight: weights of L1, LPIPS and the quantiser loss.
         perceptual_backbone: LPIPS's VGG16 weights: None = torchvision's cache, a file path, or "random" (tests).
@@ -64,10 +64,7 @@ class VQGANModule(pl.LightningModule):
 
     def __init__(
         self,
-        ddconfig: dict[str, Any],
-        embed_dim: int = 256,
-        n_embed: int = 1024,
-        quantizer: dict[str, Any] | None = None,
+        config: VQGANConfig,
         learning_rate: float = 2e-4,
         pixel_weight: float = 1.0,
         perceptual_weight: float = 1.0,
@@ -89,9 +86,13 @@ class VQGANModule(pl.LightningModule):
         super().__init__()
         if accumulate_grad_batches < 1:
             raise ValueError(f"model.accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        config = VQGANConfig.from_dict(config)
+        self.model = VQGAN(config)
+        # save_hyperparameters reads the arguments from this frame: plain types, so that a checkpoint
+        # reads back with torch.load(weights_only=True).
+        config = config.to_dict()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = VQGAN(config_from_hparams(self.hparams))
         self.discriminator = NLayerDiscriminator(self.model.config.ddconfig.out_ch, disc_ndf, disc_layers)
         if init_from_taming:
             self._load_taming(init_from_taming)
@@ -120,6 +121,9 @@ class VQGANModule(pl.LightningModule):
         self.model.load_state_dict(taming_model.state_dict(), strict=True)
         if taming_disc is not None:
             self.discriminator.load_state_dict(taming_disc.state_dict(), strict=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[STAGE] = metadata(self.model)  # what `vqgan.load("last.ckpt")` rebuilds the model from
 
     def state_dict(self, *args, **kwargs):
         # LPIPS is a frozen, separately shipped network: keep it out of our checkpoints.

@@ -17,32 +17,18 @@ taming). Images are [-1, 1]; the decoder's output is not bounded, `decode_codes`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from imagetext.configs import config_from_dict
 from vqgan.quantize import QuantizerConfig, QuantizerOutput, build_quantizer
 
 GROUPS = 32  # GroupNorm groups: every channel count in the network must be a multiple of this
-
-ConfigT = TypeVar("ConfigT")
-
-
-def config_from_dict(cls: type[ConfigT], values: Mapping[str, Any] | ConfigT, where: str) -> ConfigT:
-    """Build dataclass `cls` from a mapping, naming any key it does not know."""
-    if isinstance(values, cls):
-        return values
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{where} must be a mapping of settings, got {type(values).__name__}")
-    known = [f.name for f in fields(cls)]
-    unknown = [key for key in values if key not in known]
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known keys are {', '.join(known)}")
-    return cls(**values)
 
 
 def _nearest_multiples(size: int, factor: int) -> str:

@@ -1,4 +1,4 @@
-"""`vqgan-clip export`: a trained VQGAN, GPT prior and CLIP as three safetensors bundles, nothing pickled.
+"""`vqgan-clip export`: a trained VQGAN, GPT prior and CLIP as three safetensors files, nothing pickled.
 
     vqgan-clip export --vqgan V.ckpt --gpt G.ckpt --clip C.ckpt --name shapes --out imagetext/shipped
 
@@ -26,16 +26,16 @@ def export_models(
     """Write the three bundles (see the module docstring); {stage: bundle path}."""
     out = Path(out)
     paths = {stage: out / stage / f"{name}.safetensors" for stage in shipped.STAGES}
-    vqgan.export_bundle(vqgan.load(vqgan_checkpoint), paths["vqgan"])
+    vqgan.save(vqgan.load(vqgan_checkpoint), paths["vqgan"])
     into_package = out.resolve() == shipped.shipped_dir("vqgan").parent.resolve()
-    gpt_prior.export_bundle(
+    gpt_prior.save(
         gpt_prior.load(gpt_checkpoint),
         paths["gpt_prior"],
         vqgan=name if into_package else paths["vqgan"].resolve(),
         vqgan_file=paths["vqgan"],
     )
     scorer = clip_rerank.load(clip_checkpoint)
-    clip_rerank.save_checkpoint(scorer.model, scorer.architecture, paths["clip_rerank"])
+    clip_rerank.save(scorer.model, scorer.architecture, paths["clip_rerank"])
     return paths
 
 

@@ -12,8 +12,11 @@ top-level `configs/` links here, so `-c configs/vqgan/shapes.yaml` names the sam
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 from imagetext import STAGES
 
@@ -52,3 +55,19 @@ def resolve_config(stage: str, spec: str | Path) -> Path:
     if path.exists() or len(path.parts) > 1:
         return path
     return packaged_config(stage, str(spec))
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_dict(cls: type[ConfigT], values: Mapping[str, Any] | ConfigT, where: str) -> ConfigT:
+    """Build dataclass `cls` from a mapping, naming any key it does not know."""
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where} must be a mapping of settings, got {type(values).__name__}")
+    known = [f.name for f in fields(cls)]
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known keys are {', '.join(known)}")
+    return cls(**values)
