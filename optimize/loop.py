@@ -99,7 +99,7 @@ class CodebookSpace:
             self.codebook, self.normalize, self.project_out = quantizer.embed.weight.detach().float(), False, None
         else:
             self.codebook = quantizer.codebook().detach()
-            self.normalize, self.project_out = quantizer.l2_normalize, quantizer.project_out
+            self.normalize, self.project_out = quantizer.config.l2_normalize, quantizer.project_out
         self.low = rearrange(self.codebook.min(dim=0).values, "d -> 1 d 1 1")
         self.high = rearrange(self.codebook.max(dim=0).values, "d -> 1 d 1 1")
 

@@ -21,7 +21,7 @@ from vqgan.discriminator import (
 )
 from vqgan.model import VQGAN, EncoderConfig, VQGANConfig
 from vqgan.perceptual import LPIPSLoss
-from vqgan.quantize import CodebookUsage, GumbelQuantizer, VectorQuantizer, codebook_usage, perplexity
+from vqgan.quantize import CodebookUsage, GumbelQuantizer, QuantizerConfig, VectorQuantizer, codebook_usage, perplexity
 from vqgan.taming import from_taming
 
 TINY_DDCONFIG = dict(
@@ -296,7 +296,7 @@ def test_straight_through_gradient_reaches_encoder():
 def test_legacy_flag_moves_beta_between_the_loss_terms():
     grads = {}
     for legacy in (True, False):
-        quantizer = VectorQuantizer(2, 1, beta=0.25, legacy=legacy)
+        quantizer = VectorQuantizer(QuantizerConfig(beta=0.25, legacy=legacy), 2, 1)
         with torch.no_grad():
             quantizer.embedding.weight.copy_(torch.tensor([[0.0], [10.0]]))
         z = torch.ones(1, 1, 1, 1, requires_grad=True)
@@ -341,7 +341,9 @@ def test_usage_and_perplexity_on_hand_made_codes():
 
 
 def restarting_quantizer(seed: int) -> VectorQuantizer:
-    quantizer = VectorQuantizer(8, 2, restart_unused_after=2, restart_buffer_size=32, seed=seed).train()
+    quantizer = VectorQuantizer(
+        QuantizerConfig(restart_unused_after=2, restart_buffer_size=32, seed=seed), 8, 2
+    ).train()
     with torch.no_grad():  # codes 4..7 sit far from every input, so they are never picked
         near = [[0.5, 0.5], [-0.5, 0.5], [0.5, -0.5], [-0.5, -0.5]]
         quantizer.embedding.weight.copy_(torch.tensor(near + [[100.0, 100.0]] * 4))
@@ -370,7 +372,7 @@ def test_dead_code_restart_revives_unused_codes_deterministically():
 
 
 def test_ema_update_moves_codes_toward_assigned_inputs_and_only_in_training():
-    quantizer = VectorQuantizer(2, 2, ema=True, ema_decay=0.5)
+    quantizer = VectorQuantizer(QuantizerConfig(ema=True, ema_decay=0.5), 2, 2)
     with torch.no_grad():
         quantizer.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
         quantizer.ema_embed_sum.copy_(quantizer.embedding.weight)

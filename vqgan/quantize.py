@@ -185,81 +185,38 @@ class VectorQuantizer(nn.Module):
     rank keeps the same codebook.
     """
 
-    def __init__(
-        self,
-        n_embed: int,
-        embed_dim: int,
-        *,
-        beta: float = 0.25,
-        legacy: bool = True,
-        l2_normalize: bool = False,
-        codebook_dim: int | None = None,
-        ema: bool = False,
-        ema_decay: float = 0.99,
-        ema_eps: float = 1e-5,
-        restart_unused_after: int | None = None,
-        restart_threshold: float | None = None,
-        restart_buffer_size: int = 4096,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, config: QuantizerConfig, n_embed: int, embed_dim: int) -> None:
         super().__init__()
+        self.config = config
         self.n_embed = n_embed
         self.embed_dim = embed_dim
-        self.beta = beta
-        self.legacy = legacy
-        self.l2_normalize = l2_normalize
-        self.ema = ema
-        self.ema_decay = ema_decay
-        self.ema_eps = ema_eps
-        self.restart_unused_after = restart_unused_after
-        self.restart_threshold = restart_threshold
-        self.seed = seed
-        lookup_dim = codebook_dim or embed_dim
-        self.lookup_dim = lookup_dim
+        self.lookup_dim = lookup_dim = config.codebook_dim or embed_dim
 
         self.embedding = nn.Embedding(n_embed, lookup_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)  # taming's init
-        if codebook_dim is not None:
-            self.project_in = nn.Linear(embed_dim, codebook_dim)
-            self.project_out = nn.Linear(codebook_dim, embed_dim)
+        if config.codebook_dim is not None:
+            self.project_in = nn.Linear(embed_dim, config.codebook_dim)
+            self.project_out = nn.Linear(config.codebook_dim, embed_dim)
         else:
             self.project_in = self.project_out = nn.Identity()
 
-        if ema:
+        if config.ema:
             self.embedding.weight.requires_grad_(False)
             # Starting each cluster at size 1 around its initial code keeps unused codes where they
             # are instead of dividing by ~0 on the first update.
             self.register_buffer("ema_cluster_size", torch.ones(n_embed))
             self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())
-        self.restarts = restart_unused_after is not None or restart_threshold is not None
+        self.restarts = config.restart_unused_after is not None or config.restart_threshold is not None
         if self.restarts:
             self.register_buffer("steps_since_used", torch.zeros(n_embed, dtype=torch.long))
-            self.register_buffer("recent_vectors", torch.zeros(restart_buffer_size, lookup_dim))
+            self.register_buffer("recent_vectors", torch.zeros(config.restart_buffer_size, lookup_dim))
             self.register_buffer("recent_written", torch.zeros((), dtype=torch.long))
             self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
-
-    @classmethod
-    def from_config(cls, config: QuantizerConfig, n_embed: int, embed_dim: int) -> VectorQuantizer:
-        return cls(
-            n_embed,
-            embed_dim,
-            beta=config.beta,
-            legacy=config.legacy,
-            l2_normalize=config.l2_normalize,
-            codebook_dim=config.codebook_dim,
-            ema=config.ema,
-            ema_decay=config.ema_decay,
-            ema_eps=config.ema_eps,
-            restart_unused_after=config.restart_unused_after,
-            restart_threshold=config.restart_threshold,
-            restart_buffer_size=config.restart_buffer_size,
-            seed=config.seed,
-        )
 
     def codebook(self) -> Tensor:
         """The vectors codes are compared with, in lookup space: [n_embed, lookup_dim]."""
         weight = self.embedding.weight.float()
-        return F.normalize(weight, dim=-1) if self.l2_normalize else weight
+        return F.normalize(weight, dim=-1) if self.config.l2_normalize else weight
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         batch, _, height, width = z.shape
@@ -269,7 +226,7 @@ class VectorQuantizer(nn.Module):
                 # would invalidate tensors saved for backward.
                 self._restart_dead_codes()
             vectors = self.project_in(rearrange(z.float(), "b c h w -> (b h w) c"))
-            if self.l2_normalize:
+            if self.config.l2_normalize:
                 vectors = F.normalize(vectors, dim=-1)
             codebook = self.codebook()
             with torch.no_grad():
@@ -278,14 +235,14 @@ class VectorQuantizer(nn.Module):
 
             codebook_loss = F.mse_loss(quantized, vectors.detach())
             commitment_loss = F.mse_loss(vectors, quantized.detach())
-            if self.legacy:
-                loss = commitment_loss + self.beta * codebook_loss
+            if self.config.legacy:
+                loss = commitment_loss + self.config.beta * codebook_loss
             else:
-                loss = codebook_loss + self.beta * commitment_loss
+                loss = codebook_loss + self.config.beta * commitment_loss
             quantized = vectors + (quantized - vectors).detach()  # straight-through estimator
 
             counts = code_histogram(codes, self.n_embed)
-            if self.training and (self.ema or self.restarts):
+            if self.training and (self.config.ema or self.restarts):
                 self._update_statistics(vectors.detach(), codes, counts)
             z_q = rearrange(self.project_out(quantized), "(b h w) c -> b c h w", b=batch, h=height, w=width)
         return QuantizerOutput(
@@ -314,14 +271,16 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update_statistics(self, vectors: Tensor, codes: Tensor, counts: Tensor) -> None:
         counts = counts.float()
-        if self.ema:
+        if self.config.ema:
             embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, vectors)
             _all_reduce_sum(counts, embed_sum)
-            self.ema_cluster_size.lerp_(counts, 1 - self.ema_decay)
-            self.ema_embed_sum.lerp_(embed_sum, 1 - self.ema_decay)
+            self.ema_cluster_size.lerp_(counts, 1 - self.config.ema_decay)
+            self.ema_embed_sum.lerp_(embed_sum, 1 - self.config.ema_decay)
             total = self.ema_cluster_size.sum()
             # Laplace smoothing keeps a cluster that shrank to ~0 from dividing by zero
-            smoothed = (self.ema_cluster_size + self.ema_eps) / (total + self.n_embed * self.ema_eps) * total
+            smoothed = (
+                (self.ema_cluster_size + self.config.ema_eps) / (total + self.n_embed * self.config.ema_eps) * total
+            )
             self.embedding.weight.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
         else:
             _all_reduce_sum(counts)  # restarts need the usage of every rank
@@ -331,7 +290,7 @@ class VectorQuantizer(nn.Module):
             self.update_step += 1
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        return _seeded_generator(device, self.seed * 1_000_003 + int(self.update_step))
+        return _seeded_generator(device, self.config.seed * 1_000_003 + int(self.update_step))
 
     def _remember(self, vectors: Tensor) -> None:
         size = self.recent_vectors.shape[0]
@@ -347,10 +306,10 @@ class VectorQuantizer(nn.Module):
         if int(self.update_step) == 0:
             return
         dead = torch.zeros(self.n_embed, dtype=torch.bool, device=self.steps_since_used.device)
-        if self.restart_unused_after is not None:
-            dead |= self.steps_since_used >= self.restart_unused_after
-        if self.restart_threshold is not None:
-            dead |= self.ema_cluster_size < self.restart_threshold
+        if self.config.restart_unused_after is not None:
+            dead |= self.steps_since_used >= self.config.restart_unused_after
+        if self.config.restart_threshold is not None:
+            dead |= self.ema_cluster_size < self.config.restart_threshold
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
@@ -360,7 +319,7 @@ class VectorQuantizer(nn.Module):
         self.embedding.weight[dead] = fresh.to(self.embedding.weight.dtype)
         self.steps_since_used[dead] = 0
         synced = [self.embedding.weight.data]
-        if self.ema:
+        if self.config.ema:
             self.ema_embed_sum[dead] = fresh
             self.ema_cluster_size[dead] = 1.0
             synced += [self.ema_embed_sum, self.ema_cluster_size]
@@ -375,36 +334,19 @@ class GumbelQuantizer(nn.Module):
     the logits, so encoding is deterministic (taming adds Gumbel noise even in eval).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        n_embed: int,
-        embed_dim: int,
-        *,
-        kl_weight: float = 5e-4,
-        temperature: float = 1.0,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, config: QuantizerConfig, n_embed: int, embed_dim: int) -> None:
         super().__init__()
+        self.config = config
         self.n_embed = n_embed
-        self.kl_weight = kl_weight
-        self.temperature = temperature
-        self.seed = seed
-        self.proj = nn.Conv2d(in_channels, n_embed, 1)
+        self.proj = nn.Conv2d(embed_dim, n_embed, 1)  # over quant_conv's embed_dim channels
         self.embed = nn.Embedding(n_embed, embed_dim)
         self._noise: torch.Generator | None = None
-
-    @classmethod
-    def from_config(cls, config: QuantizerConfig, n_embed: int, embed_dim: int) -> GumbelQuantizer:
-        return cls(
-            embed_dim, n_embed, embed_dim, kl_weight=config.kl_weight, temperature=config.temperature, seed=config.seed
-        )
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):
             logits = F.conv2d(z.float(), self.proj.weight.float(), self.proj.bias.float())
             if self.training:
-                soft = ((logits + self._gumbel_noise(logits)) / self.temperature).softmax(dim=1)
+                soft = ((logits + self._gumbel_noise(logits)) / self.config.temperature).softmax(dim=1)
                 codes = soft.argmax(dim=1)
                 hard = rearrange(F.one_hot(codes, self.n_embed).to(soft.dtype), "b h w n -> b n h w")
                 one_hot = hard + soft - soft.detach()
@@ -418,14 +360,14 @@ class GumbelQuantizer(nn.Module):
         return QuantizerOutput(
             z_q=z_q.to(z.dtype),
             codes=codes,
-            loss=self.kl_weight * kl,
+            loss=self.config.kl_weight * kl,
             usage=usage_from_counts(counts),
             perplexity=perplexity_from_counts(counts),
         )
 
     def _gumbel_noise(self, logits: Tensor) -> Tensor:
         if self._noise is None or self._noise.device != logits.device:
-            self._noise = _seeded_generator(logits.device, self.seed)
+            self._noise = _seeded_generator(logits.device, self.config.seed)
         uniform = torch.rand(logits.shape, generator=self._noise, device=logits.device)
         return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0)) + 1e-20)
 
@@ -435,5 +377,5 @@ class GumbelQuantizer(nn.Module):
 
 def build_quantizer(config: QuantizerConfig, n_embed: int, embed_dim: int) -> VectorQuantizer | GumbelQuantizer:
     if config.kind == "gumbel":
-        return GumbelQuantizer.from_config(config, n_embed, embed_dim)
-    return VectorQuantizer.from_config(config, n_embed, embed_dim)
+        return GumbelQuantizer(config, n_embed, embed_dim)
+    return VectorQuantizer(config, n_embed, embed_dim)
