@@ -2,7 +2,7 @@
 
 from gpt_prior.checkpoint import load, save
 from gpt_prior.model import GPT, GPTConfig
-from gpt_prior.sample import sample
+from gpt_prior.sample import SamplingSettings, sample
 from gpt_prior.tokenizer import TextTokenizer, train_tokenizer
 
-__all__ = ["GPT", "GPTConfig", "TextTokenizer", "load", "sample", "save", "train_tokenizer"]
+__all__ = ["GPT", "GPTConfig", "SamplingSettings", "TextTokenizer", "load", "sample", "save", "train_tokenizer"]

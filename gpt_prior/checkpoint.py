@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gpt_prior.model import GPT, GPTConfig
+from gpt_prior.sample import SamplingSettings, sample
 from gpt_prior.tokenizer import TextTokenizer
 from imagetext.checkpoints import (
     ModelFile,
@@ -63,6 +64,33 @@ class PriorBundle:
     def text_tokens(self, captions: list[str]) -> torch.Tensor:
         """Captions as the model's LongTensor [B, text_len] (on the CPU); [""] is the unconditional prompt."""
         return self.tokenizer.encode_batch(captions, self.config.text_len)
+
+    def sample(
+        self,
+        captions: list[str],
+        n: int,
+        settings: SamplingSettings,
+        generator: torch.Generator,
+        *,
+        bf16: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """`n` code grids per caption, LongTensor [len(captions)·n, h, w], caption-major, drawn
+        `settings.batch_size` rows at a time with one `generator` (on the model's device)."""
+        return sample(
+            self.model,
+            self.text_tokens(captions),
+            n,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            cfg_scale=settings.cfg_scale,
+            empty_text_tokens=self.text_tokens([""]) if settings.cfg_scale != 1.0 else None,
+            generator=generator,
+            batch_size=settings.batch_size,
+            bf16=bf16,
+            progress=progress,
+        )
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBundle:

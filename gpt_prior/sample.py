@@ -12,7 +12,10 @@ in one batch, each with its own rows of the cache, and mixes their logits at eve
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -20,6 +23,51 @@ from torch import Tensor
 
 from gpt_prior.model import GPT, KVCache, check_text_tokens
 from imagetext.progress import ProgressBar
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How codes are drawn, checked once here. The defaults are what generation uses where neither the
+    caller nor the prior's saved defaults (`model.sampling` in its training config) say otherwise:
+    classifier-free guidance at 3 (priors train with 10% empty captions for it) and a nucleus of 0.95,
+    which drops the rare codes that decode as stray specks without making the candidates so alike that
+    reranking has nothing to choose from. `sample`'s own keyword defaults are the plain draw (no filter,
+    no guidance)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None  # None: no top-k filter
+    top_p: float | None = 0.95  # None or 1: no nucleus filter
+    cfg_scale: float = 3.0  # 1: no guidance (and half the cost)
+    batch_size: int | None = 32  # candidate rows drawn at once (None: all); part of the draw
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "cfg_scale"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"sampling {name} must be a finite number, got {value}")
+        if self.temperature <= 0:
+            raise ValueError(f"sampling temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"sampling top_k must be >= 1 (or None: no top-k filter), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling top_p must be in (0, 1] (1 or None: no nucleus filter), got {self.top_p}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"sampling cfg_scale must be >= 0 (1: no guidance), got {self.cfg_scale}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"sampling batch_size must be >= 1 (or None: all at once), got {self.batch_size}")
+
+    @classmethod
+    def resolve(
+        cls, saved: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None
+    ) -> SamplingSettings:
+        """`given` values (None: not given) over a prior's `saved` defaults over the class defaults;
+        top_k 0 turns top-k off. Keys that are no setting are ignored."""
+        names = {field.name for field in fields(cls)}
+        settings = {key: value for key, value in (saved or {}).items() if key in names}
+        settings |= {key: value for key, value in (given or {}).items() if key in names and value is not None}
+        if settings.get("top_k") == 0:
+            settings["top_k"] = None
+        return cls(**settings)
 
 
 def sample(
@@ -52,7 +100,9 @@ def sample(
     config = model.config
     device = next(model.parameters()).device
     check_text_tokens(text_tokens, config)
-    _check_settings(n_candidates, temperature, top_k, top_p, batch_size)
+    if n_candidates < 1:
+        raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+    SamplingSettings(temperature, top_k, top_p, cfg_scale, batch_size)  # refuses what no draw can use
     if cfg_scale != 1.0 and empty_text_tokens is None:
         raise ValueError("cfg_scale != 1 needs empty_text_tokens=tokenizer.encode_batch([''], text_len)")
     if empty_text_tokens is not None:
@@ -170,18 +220,3 @@ def _sample_rows(
             step_logits.append(logits)
         on_step(1)
     return codes, torch.stack(step_logits, dim=1) if keep_logits else None
-
-
-def _check_settings(
-    n_candidates: int, temperature: float, top_k: int | None, top_p: float | None, batch_size: int | None
-) -> None:
-    if n_candidates < 1:
-        raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")

@@ -156,6 +156,33 @@ def clamp_keep_gradient(image: Tensor) -> Tensor:
     return _ClampKeepGradient.apply(image)
 
 
+def image_size(
+    model: VQGAN, size: tuple[int, int] | None = None, grid: tuple[int, int] | None = None
+) -> tuple[int, int, str | None]:
+    """(width, height) to optimise at, and a notice when `size` had to change.
+
+    `size` (W, H) is rounded to the nearest multiples of the VQGAN's downsample factor (at least one);
+    without it, a code `grid` (h, w) sets the size (a GPT prior's layout), else the VQGAN's training
+    resolution.
+    """
+    factor = model.downsample_factor
+    if size is not None:
+        width, height = (max(factor, round(side / factor) * factor) for side in size)
+        if (width, height) == tuple(size):
+            return width, height, None
+        return (
+            width,
+            height,
+            (
+                f"--size {size[0]} {size[1]} is not a multiple of the VQGAN's downsample factor {factor}; "
+                f"using {width} {height}"
+            ),
+        )
+    if grid is not None:
+        return grid[1] * factor, grid[0] * factor, None
+    return model.config.ddconfig.resolution, model.config.ddconfig.resolution, None
+
+
 def resize_cover(image: Tensor, height: int, width: int) -> Tensor:
     """An image [3,H,W] or [1,3,H,W] scaled to cover height×width, centre-cropped to it: [1,3,height,width]."""
     image = image if image.ndim == 4 else rearrange(image, "c h w -> 1 c h w")

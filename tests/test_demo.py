@@ -8,7 +8,7 @@ import pytest
 
 from imagetext.files import safe_name
 from vqgan_clip.demo import PROMPTS, Stage
-from vqgan_clip.generate import demo_models
+from vqgan_clip.models import demo_models
 
 
 def python(code: str) -> list[str]:

@@ -16,6 +16,8 @@ from PIL import Image
 
 import clip_rerank
 import vqgan
+import vqgan_clip.models
+from gpt_prior import SamplingSettings
 from gpt_prior.checkpoint import metadata
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.tokenizer import train_tokenizer
@@ -24,6 +26,7 @@ from imagetext.images import read_png_text, tensor_to_array
 from imagetext.shapes import scene_at
 from vqgan_clip import generate
 from vqgan_clip.cli import main
+from vqgan_clip.models import ModelChoice, demo_models, load_models, write_demo_models
 
 PROMPT = "a small red circle above a large blue square"
 IMAGE_SIZE = 32
@@ -108,9 +111,9 @@ def test_reranked_files_names_metadata_and_order(models, tmp_path, capsys):
     assert [c["file"] for c in ranked] == ["01.png", "02.png", "03.png", None, None, None]
 
     # The files are the pipeline's images: the same draw in process gives the same pixels and CLIP scores.
-    loaded = generate.load_models(models["gpt"], clip=str(models["clip"]))
+    loaded = load_models(ModelChoice(gpt=str(models["gpt"]), clip=str(models["clip"])), prior=True, clip=True)
     candidates = generate.generate_candidates(
-        loaded, PROMPT, 6, generate.SamplingSettings(batch_size=4, cfg_scale=2.0), seed=7, progress=False
+        loaded, PROMPT, 6, SamplingSettings(batch_size=4, cfg_scale=2.0), seed=7, progress=False
     )
     assert candidates.scores.tolist() == pytest.approx(
         [c["score"] for c in sorted(ranked, key=lambda c: c["candidate"])]
@@ -163,7 +166,7 @@ def test_without_rerank_clip_is_never_loaded(models, tmp_path, monkeypatch):
     def no_clip(*args, **kwargs):
         raise AssertionError("CLIP must not be loaded without --rerank or --clip")
 
-    monkeypatch.setattr(generate.clip_rerank, "load", no_clip)
+    monkeypatch.setattr(vqgan_clip.models.clip_rerank, "load", no_clip)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large green triangle\n\n  a small yellow square  \n")
     out = tmp_path / "out"
@@ -197,11 +200,9 @@ def test_without_rerank_clip_is_never_loaded(models, tmp_path, monkeypatch):
 
 def test_the_demo_models_are_used_when_asked(models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    written = generate.write_demo_models("runs/demo", vqgan=models["vqgan"], gpt=models["gpt"], clip=models["clip"])
+    written = write_demo_models("runs/demo", vqgan=models["vqgan"], gpt=models["gpt"], clip=models["clip"])
     assert not Path(json.loads(written.read_text())["gpt"]).is_absolute()
-    assert {key: path.resolve() for key, path in generate.demo_models().items()} == {
-        k: p.resolve() for k, p in models.items()
-    }
+    assert {key: path.resolve() for key, path in demo_models().items()} == {k: p.resolve() for k, p in models.items()}
     main(["generate", PROMPT, "--rerank", "2", "--keep", "1", "--demo-models"])
     results = json.loads((tmp_path / "runs" / "generate" / safe_name(PROMPT) / "results.json").read_text())
     assert results["checkpoints"]["gpt"]["path"] == str(models["gpt"].resolve())

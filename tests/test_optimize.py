@@ -36,7 +36,7 @@ from optimize import (
     spherical_distance,
 )
 from vqgan_clip import optimize_command
-from vqgan_clip.generate import write_demo_models
+from vqgan_clip.models import write_demo_models
 from vqgan_clip.optimize_command import add_arguments, run
 
 TINY_DDCONFIG = dict(
@@ -364,7 +364,12 @@ def test_cli_writes_image_frames_video_and_run_json_without_overwriting(checkpoi
     record = json.loads((folder / "run.json").read_text())
     assert record["prompt"] == "a red circle:1|a blue square:-0.5" and record["seed"] == 4
     assert len(record["losses"]) == record["steps"] == 3 and not record["interrupted"]
-    assert record["settings"]["cutn"] == 2 and record["models"]["vqgan"] == str(checkpoints["vqgan"])
+    assert record["settings"]["cutn"] == 2
+    assert record["checkpoints"]["vqgan"] == {
+        "path": str(checkpoints["vqgan"].resolve()),
+        "sha256": file_sha256(checkpoints["vqgan"]),
+    }
+    assert record["checkpoints"]["clip"]["sha256"] == file_sha256(checkpoints["clip"])
     assert record["prompts"] == ["a red circle:1", "a blue square:-0.5", "noise 1:0.1"]
     chunks = read_png_text(folder / "final.png")
     assert chunks["prompt"] == record["prompt"] and json.loads(chunks["seed"]) == 4
@@ -507,8 +512,9 @@ def test_cli_starts_from_a_gpt_prior_sample(checkpoints, tmp_path):
     expected = gpt_prior.sample(
         bundle.model, bundle.text_tokens(["a red circle"]), 1, generator=torch.Generator().manual_seed(3)
     )[0]
-    assert record["init"] == "gpt" and record["models"]["gpt"] == str(path)
-    assert record["models"]["vqgan"] == str(checkpoints["vqgan"])
+    assert record["init"] == "gpt"
+    assert record["checkpoints"]["gpt"] == {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    assert record["checkpoints"]["vqgan"]["path"] == str(checkpoints["vqgan"].resolve())
     assert torch.equal(torch.tensor(record["codes"]), expected)
     assert open_rgb(folder / "final.png").size == (8, 8)
 
@@ -543,9 +549,11 @@ def test_cli_loads_a_taming_vqgan(checkpoints, tmp_path):
     )
     run(args)
     (folder,) = (tmp_path / "runs").iterdir()
-    assert json.loads((folder / "run.json").read_text())["models"]["vqgan"].endswith(
-        "model.yaml + " + str(tmp_path / "last.ckpt")
-    )
+    assert json.loads((folder / "run.json").read_text())["checkpoints"]["vqgan"] == {
+        "config": str(tmp_path / "model.yaml"),
+        "path": str(tmp_path / "last.ckpt"),
+        "sha256": file_sha256(tmp_path / "last.ckpt"),
+    }
 
 
 def test_cli_demo_models_are_used_when_asked(checkpoints, tmp_path, monkeypatch):
@@ -557,7 +565,8 @@ def test_cli_demo_models_are_used_when_asked(checkpoints, tmp_path, monkeypatch)
     run(args)
     (folder,) = (tmp_path / "runs" / "optimize").iterdir()
     assert (
-        Path(json.loads((folder / "run.json").read_text())["models"]["clip"]).resolve() == checkpoints["clip"].resolve()
+        Path(json.loads((folder / "run.json").read_text())["checkpoints"]["clip"]["spec"]).resolve()
+        == checkpoints["clip"].resolve()
     )
 
 

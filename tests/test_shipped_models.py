@@ -6,9 +6,11 @@ import re
 import pytest
 import torch
 
+from gpt_prior import SamplingSettings
 from imagetext.shipped import shipped_dir
 from vqgan_clip.evaluate import evaluate_set, shapes_caption_sets
-from vqgan_clip.generate import SamplingSettings, load_models, sample_images
+from vqgan_clip.generate import sample_images
+from vqgan_clip.models import ModelChoice, load_models
 
 CARD_CHECK = re.compile(
     r"test check: held-out top-1 of (\d+) candidates over the first (\d+) captions, seed (\d+): ([0-9.]+)"
@@ -20,7 +22,7 @@ def test_the_shipped_models_reach_their_cards_accuracy():
     card = (shipped_dir("gpt_prior") / "shapes.md").read_text(encoding="utf-8")
     n_candidates, n_captions, seed, stated = CARD_CHECK.search(card).groups()
     n_candidates, n_captions, seed, stated = int(n_candidates), int(n_captions), int(seed), float(stated)
-    models = load_models("shapes", clip="shapes")
+    models = load_models(ModelChoice(gpt="shapes", clip="shapes", device="cpu"), prior=True, clip=True)
     sampling = SamplingSettings(
         **{key: value for key, value in models.prior.sampling.items() if key != "batch_size"}, batch_size=n_candidates
     )

@@ -12,8 +12,10 @@ import os
 import signal
 import sys
 
+from gpt_prior import SamplingSettings
 from vqgan_clip import data_commands, demo, evaluate, export, generate, optimize_command, tokenize
 from vqgan_clip.arguments import MAX_IMAGE_SIDE, MAX_SHAPES_SIDE, OneLineParser, device, number, whole
+from vqgan_clip.models import add_model_options, default_device
 
 IMAGE_SIDE_WHY = "larger sides need tens of GB"
 SHAPES_SIDE_WHY = "the shapes are drawn for 32-256 px"
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--batch-size", type=whole(1), default=64)
     tok.add_argument("--shard-size", type=whole(1), default=4096, help="code grids per shard (default 4096)")
     tok.add_argument("--num-workers", type=whole(0), default=0)
-    tok.add_argument("--device", type=device, default="cpu")
+    tok.add_argument("--device", type=device, default=default_device(), help="default: cuda if any, else cpu")
     tok.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
     tok.set_defaults(run=tokenize.run)
 
@@ -157,37 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Which models generate and eval run; left out, the shipped ones ("shapes")."""
-    parser.add_argument(
-        "--gpt",
-        metavar="CKPT|NAME",
-        help="GPT prior: a checkpoint of `gpt-prior fit`, a bundle, or a shipped name (default: shapes)",
-    )
-    parser.add_argument(
-        "--vqgan", metavar="CKPT|NAME", help="decode with this VQGAN instead of the one the prior names"
-    )
-    parser.add_argument(
-        "--clip",
-        metavar="SPEC",
-        help="CLIP: a checkpoint of `clip-rerank fit`, a shipped name or an "
-        "open_clip architecture (default when reranking: shapes)",
-    )
-    parser.add_argument(
-        "--demo-models",
-        action="store_true",
-        help="where no model is named, use those of the latest `vqgan-clip demo --train` (runs/demo/models.json)",
-    )
-    parser.add_argument(
-        "--clip-pretrained", metavar="TAG|FILE", help="pretrained weights for an open_clip architecture"
-    )
-    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
-
-
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """How the GPT prior draws codes; defaults in vqgan_clip.generate.SamplingSettings."""
-    defaults = generate.SamplingSettings()
+    """How the GPT prior draws codes; defaults in gpt_prior.SamplingSettings."""
+    defaults = SamplingSettings()
     parser.add_argument(
         "--cfg",
         type=number(at_least=0),

@@ -34,7 +34,7 @@ from imagetext.files import atomic_path
 from imagetext.images import save_grid
 from imagetext.shapes import ShapesDataset
 from vqgan_clip.board import Board, RunningCommand
-from vqgan_clip.generate import SHIPPED_DEFAULT, write_demo_models
+from vqgan_clip.models import SHIPPED_DEFAULT, write_demo_models
 
 PROMPTS = (  # the last two are novel compositions: yellow circles and purple squares never occur in training
     "a large red circle",

@@ -54,7 +54,8 @@ from imagetext.shapes import ShapesDataset, parse_caption
 from vqgan import VQGAN
 from vqgan.lightning import psnr
 from vqgan.quantize import codebook_usage
-from vqgan_clip.generate import SCORE_METRIC, SamplingSettings, choose_checkpoints, load_models, sample_images
+from vqgan_clip.generate import SCORE_METRIC, sample_images, sampling_from_args
+from vqgan_clip.models import ModelChoice, load_models
 from vqgan_clip.report import Row, Section, Tile, write_report
 
 CandidateSource = Callable[[list[str], int], Tensor]  # (captions, n) -> [len(captions)·n, 3, H, W], caption-major
@@ -374,14 +375,9 @@ def summary(evaluations: list[SetEvaluation]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     check_data(args.data)  # before the models load
-    SamplingSettings.from_args(args)  # bad flags fail before the models load
-    gpt, vqgan_path, clip = choose_checkpoints(
-        args.gpt, args.vqgan, args.clip, need_clip=True, use_demo=args.demo_models
-    )
-    models = load_models(
-        gpt, vqgan_path=vqgan_path, clip=clip, clip_pretrained=args.clip_pretrained, device=args.device, bf16=args.bf16
-    )
-    sampling = SamplingSettings.from_args(args, models.prior.sampling)
+    sampling_from_args(args)  # bad flags fail before the models load
+    models = load_models(ModelChoice.from_args(args), prior=True, clip=True)
+    sampling = sampling_from_args(args, models.prior.sampling)
     grid_h, grid_w = models.prior.config.image_grid
     if grid_h != grid_w:
         raise ValueError(

@@ -26,20 +26,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-import clip_rerank
-import gpt_prior
-import vqgan
-from gpt_prior.checkpoint import PriorBundle, resolve_vqgan
+from gpt_prior import SamplingSettings
 from imagetext.files import atomic_path, partial_dir, publish_dir, safe_name
 from imagetext.images import open_rgb, pil_to_tensor, save_png
 from imagetext.progress import ProgressBar
-from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, optimize
+from optimize.loop import OptimizeResult, OptimizeSettings, StepInfo, image_size, optimize
 from optimize.prompts import Prompt, TextPrompt, describe_prompt, parse_image_prompt, parse_noise_prompt, parse_prompts
-from vqgan_clip.arguments import MAX_IMAGE_SIDE, device, number, whole
-from vqgan_clip.generate import check_codebook, default_model, load_prior
+from vqgan_clip.arguments import MAX_IMAGE_SIDE, number, whole
+from vqgan_clip.models import ModelChoice, Models, add_model_options, load_models
 
 VIDEO_FPS = 10
 FRAMES_IN_A_DEFAULT_VIDEO = 100
+PLAIN_DRAW = SamplingSettings(top_p=None, cfg_scale=1.0)  # --init gpt: the prior's own distribution
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     start.add_argument("--init-image", metavar="PATH", help="image to start from (implies --init image)")
     start.add_argument(
-        "--gpt", metavar="CKPT|NAME", help="GPT prior for --init gpt (default: the shipped shapes prior)"
-    )
-    start.add_argument(
         "--init-weight", type=number(at_least=0), default=0.0, help="pull z toward its start (default 0: off)"
     )
 
@@ -98,7 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cut-pow", type=number(above=0), default=1.0, help=">1 favours small cutouts, <1 large (default 1)"
     )
     run_settings.add_argument("--seed", type=int, default=0, help="the same seed repeats the run (default 0)")
-    run_settings.add_argument("--bf16", action="store_true", help="bf16 autocast for the VQGAN and CLIP")
     run_settings.add_argument(
         "--channels-last",
         action="store_true",
@@ -111,35 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile the decoder and CLIP's image tower: the first step takes the compile (~1 min on a "
         "CPU; seconds once inductor's cache holds it), later steps are faster; for long runs",
     )
-    run_settings.add_argument(
-        "--device",
-        type=device,
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cuda when available, else cpu",
-    )
-
-    models = parser.add_argument_group("models (default: the shipped shapes models)")
-    models.add_argument(
-        "--vqgan",
-        metavar="CKPT|NAME",
-        help="this project's VQGAN (.ckpt from `vqgan fit`, .safetensors bundle, a shipped name) or a public "
-        "taming VQGAN by name (vqgan_imagenet_f16_16384, vqgan_gumbel_f8_8192, wikiart_16384, …; downloaded once)",
-    )
-    models.add_argument(
-        "--vqgan-config", metavar="YAML", help="a taming-transformers model.yaml (with --vqgan-checkpoint)"
-    )
-    models.add_argument(
-        "--vqgan-checkpoint", metavar="CKPT", help="a taming-transformers checkpoint (with --vqgan-config)"
-    )
-    models.add_argument(
-        "--clip", metavar="SPEC", help="a CLIP checkpoint of this project, a shipped name, or an open_clip architecture"
-    )
-    models.add_argument("--clip-pretrained", metavar="TAG_OR_FILE", help="open_clip pretrained tag or weights file")
-    models.add_argument(
-        "--demo-models",
-        action="store_true",
-        help="where no model is named, use those of the latest `vqgan-clip demo --train` (runs/demo/models.json)",
-    )
+    add_model_options(parser, gpt_use=" for --init gpt")
 
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -151,48 +117,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--video", action="store_true", help="join the frames into video.mp4 (ffmpeg) or video.gif")
 
 
-def round_size(width: int, height: int, factor: int) -> tuple[int, int, str | None]:
-    """(width, height) rounded to the nearest multiples of `factor` (at least one), and a notice if they changed."""
-    rounded = [max(factor, round(side / factor) * factor) for side in (width, height)]
-    if rounded == [width, height]:
-        return width, height, None
-    return (
-        *rounded,
-        f"--size {width} {height} is not a multiple of the VQGAN's downsample factor {factor}; "
-        f"using {rounded[0]} {rounded[1]}",
-    )
-
-
-def load_models(
-    args: argparse.Namespace, gpt_vqgan: Path | None
-) -> tuple[vqgan.VQGAN, clip_rerank.Scorer, dict[str, str | None]]:
-    """The VQGAN (this project's, a taming one, the GPT prior's own, or the demo's) and the CLIP scorer."""
-    if args.vqgan_config or args.vqgan_checkpoint:
-        if not (args.vqgan_config and args.vqgan_checkpoint):
-            raise ValueError("a taming VQGAN needs both --vqgan-config and --vqgan-checkpoint")
-        if args.vqgan:
-            raise ValueError("give either --vqgan or --vqgan-config/--vqgan-checkpoint, not both")
-        model = vqgan.from_taming(args.vqgan_config, args.vqgan_checkpoint)
-        vqgan_source = f"{args.vqgan_config} + {args.vqgan_checkpoint}"
-    else:
-        vqgan_source = str(args.vqgan or gpt_vqgan or default_model("vqgan", args.demo_models))
-        model = vqgan.load(vqgan_source)
-    clip_spec = args.clip or default_model("clip", args.demo_models)
-    scorer = clip_rerank.load(clip_spec, pretrained=args.clip_pretrained, device=args.device, bf16=args.bf16)
-    sources = {"vqgan": vqgan_source, "clip": clip_spec, "clip_pretrained": args.clip_pretrained}
-    return model.to(args.device), scorer, sources
-
-
-def gpt_layout(
-    bundle: PriorBundle, prompts: list[Prompt], codebook_size: int, vqgan_name: str, seed: int, device: str, bf16: bool
-) -> torch.Tensor:
-    """One code grid [1, h, w] sampled by the GPT prior for the first positive text prompt."""
+def gpt_layout(models: Models, prompts: list[Prompt], seed: int) -> torch.Tensor:
+    """One code grid [1, h, w] drawn by the GPT prior (plainly: no guidance, no filter) for the first
+    positive text prompt."""
     texts = [p.text for p in prompts if isinstance(p, TextPrompt) and p.weight > 0]
     if not texts:
         raise ValueError("--init gpt needs a text prompt with a positive weight for the GPT to draw")
-    check_codebook(bundle, codebook_size, vqgan_name)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return gpt_prior.sample(bundle.model, bundle.text_tokens(texts[:1]), 1, generator=generator, bf16=bf16)
+    generator = torch.Generator(device=models.device).manual_seed(seed)
+    return models.prior.sample(texts[:1], 1, PLAIN_DRAW, generator, bf16=models.bf16)
 
 
 def write_video(frames: list[Path], folder: Path) -> Path:
@@ -248,33 +180,15 @@ def run(args: argparse.Namespace) -> None:
     if args.save_every < 0:
         raise ValueError(f"--save-every {args.save_every}: give 0 (no frames) or a positive number of steps")
 
-    bundle, gpt_path = None, None
-    if init == "gpt":
-        gpt_path = args.gpt or default_model("gpt", args.demo_models)
-        bundle = load_prior(gpt_path, args.device)
-    vqgan_given = args.vqgan or args.vqgan_config or args.vqgan_checkpoint
-    model, scorer, sources = load_models(args, resolve_vqgan(bundle) if bundle and not vqgan_given else None)
-    sources["gpt"] = gpt_path
-
-    factor = model.downsample_factor
-    if args.size is not None:
-        width, height, notice = round_size(*args.size, factor)
-        if notice:
-            print(notice)
-    elif bundle is not None:
-        height, width = (side * factor for side in bundle.config.image_grid)
-    else:
-        width = height = model.config.ddconfig.resolution
-
-    init_codes = init_image = None
-    if bundle is not None:
-        init_codes = gpt_layout(
-            bundle, prompts, model.codebook_size, sources["vqgan"], args.seed, args.device, args.bf16
-        )
-    if args.init_image:
-        if not Path(args.init_image).is_file():
-            raise FileNotFoundError(f"--init-image {args.init_image} not found")
-        init_image = pil_to_tensor(open_rgb(args.init_image))
+    if args.init_image and not Path(args.init_image).is_file():
+        raise FileNotFoundError(f"--init-image {args.init_image} not found")
+    models = load_models(ModelChoice.from_args(args), prior=init == "gpt", clip=True)
+    grid = None if models.prior is None else models.prior.config.image_grid
+    width, height, notice = image_size(models.vqgan, args.size, grid)
+    if notice:
+        print(notice)
+    init_codes = None if models.prior is None else gpt_layout(models, prompts, args.seed)
+    init_image = pil_to_tensor(open_rgb(args.init_image)) if args.init_image else None
     settings = OptimizeSettings(
         width=width,
         height=height,
@@ -285,7 +199,7 @@ def run(args: argparse.Namespace) -> None:
         init="codes" if init == "gpt" else init,
         init_weight=args.init_weight,
         seed=args.seed,
-        bf16=args.bf16,
+        bf16=models.bf16,
         channels_last=args.channels_last,
         compile=args.compile,
     )
@@ -301,7 +215,7 @@ def run(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "init": init,
         "settings": asdict(settings),
-        "models": sources,
+        "checkpoints": models.checkpoints,
     }
     frames: list[Path] = []
     with partial_dir(args.out, name) as work:  # the run's folder appears complete or not at all
@@ -319,7 +233,13 @@ def run(args: argparse.Namespace) -> None:
                     save_frame(info.image, info.step)
 
             result = optimize(
-                model, scorer, prompts, settings, init_image=init_image, init_codes=init_codes, callback=on_step
+                models.vqgan,
+                models.scorer,
+                prompts,
+                settings,
+                init_image=init_image,
+                init_codes=init_codes,
+                callback=on_step,
             )
         seconds = time.perf_counter() - started
         write_outputs(work, result, metadata, seconds, save_frame if save_every else None)
