@@ -50,7 +50,7 @@ def read_code_shard(path: str | Path) -> tuple[torch.Tensor, list[list[str]]]:
     with open_safetensors(path) as shard:
         metadata = shard.metadata() or {}
         if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a code shard of format {FORMAT}; make it with `vqgan-clip tokenize`")
+            raise ValueError(f"{path} is not a code shard of format {FORMAT}; make it with `vqgan-clip encode`")
         return shard.get_tensor("codes").long(), json.loads(metadata["captions"])
 
 
@@ -66,7 +66,7 @@ def read_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {folder} is not a finished code-shard folder; "
-            f"make one with `vqgan-clip tokenize --vqgan CKPT --data DATA --out {folder}`"
+            f"make one with `vqgan-clip encode --vqgan CKPT --data DATA --out {folder}`"
         )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:

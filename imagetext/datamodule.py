@@ -19,8 +19,10 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from imagetext.configs import resolve_config
 from imagetext.folder import ImageCaptionFolder
 from imagetext.shapes import ShapesDataset
 from imagetext.shards import ShardDataset, expand_shard_spec
@@ -279,3 +281,20 @@ class ImageTextDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         self.setup()
         return self._loader(self.val_set, shuffle=False)
+
+
+def data_module_for(data: str, image_size: int, batch_size: int, num_workers: int) -> ImageTextDataModule:
+    """A folder path, or a YAML file with a `data:` block (any stage's config) or a bare data block, or the
+    short name of a packaged data block (`shapes-64k`)."""
+    path = resolve_config("data", data)
+    if path.is_dir():
+        settings = {"source": "folder", "path": str(path)}
+    elif path.is_file() and path.suffix in (".yaml", ".yml"):
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        settings = dict(config.get("data", config))
+    else:
+        raise FileNotFoundError(f"--data {data} is neither a folder of image–caption pairs nor a YAML config")
+    settings.update(image_size=image_size, batch_size=batch_size, num_workers=num_workers, random_crop=False)
+    module = ImageTextDataModule(**settings)
+    module.setup("fit")
+    return module

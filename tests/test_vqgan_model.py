@@ -19,7 +19,7 @@ from vqgan.discriminator import (
     hinge_d_loss,
     vanilla_d_loss,
 )
-from vqgan.model import VQGAN, EncoderConfig, VQGANConfig
+from vqgan.model import VQGAN, AutoencoderConfig, VQGANConfig
 from vqgan.perceptual import LPIPSLoss
 from vqgan.quantize import CodebookUsage, GumbelQuantizer, QuantizerConfig, VectorQuantizer, codebook_usage, perplexity
 from vqgan.taming import from_taming
@@ -311,7 +311,7 @@ def test_indivisible_sizes_raise_and_say_which_sizes_work():
     with pytest.raises(ValueError, match=r"15×16 .* multiple of 2 .*height 14 or 16"):
         model.encode(images(size=16)[..., :15, :])
     with pytest.raises(ValueError, match=r"resolution 30 .* 28 or 32"):
-        EncoderConfig.from_dict({**TINY_DDCONFIG, "ch_mult": [1, 2, 2], "resolution": 30})
+        AutoencoderConfig.from_dict({**TINY_DDCONFIG, "ch_mult": [1, 2, 2], "resolution": 30})
 
 
 def test_config_with_unknown_key_names_it():

@@ -2,7 +2,7 @@
 
 The layout (and so every state_dict key) follows taming-transformers' `VQModel`, so public taming
 checkpoints load strictly (see vqgan/taming.py). The architecture is set by taming's `ddconfig`
-fields, kept under their taming names in `EncoderConfig`:
+fields, kept under their taming names in `AutoencoderConfig`:
 
     image [B,3,H,W] ─ conv_in ─ per level i: num_res_blocks × (ResnetBlock [+ AttnBlock]), Downsample
       ─ mid (ResnetBlock, AttnBlock, ResnetBlock) ─ norm_out, swish, conv_out ─► z [B,z_channels,h,w]
@@ -37,8 +37,9 @@ def _nearest_multiples(size: int, factor: int) -> str:
 
 
 @dataclass
-class EncoderConfig:
-    """taming's `ddconfig`, shared by Encoder and Decoder. Defaults: the ImageNet f16 VQGAN."""
+class AutoencoderConfig:
+    """taming's `ddconfig`: the shape of the Encoder and of the Decoder that mirrors it.
+    Defaults: the ImageNet f16 VQGAN."""
 
     ch: int = 128
     out_ch: int = 3
@@ -83,7 +84,7 @@ class EncoderConfig:
         return self.resolution // 2**level in self.attn_resolutions
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EncoderConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> AutoencoderConfig:
         return config_from_dict(cls, values, "ddconfig")
 
 
@@ -91,13 +92,13 @@ class EncoderConfig:
 class VQGANConfig:
     """A whole VQGAN: the autoencoder shape, the codebook size and how codes are learned."""
 
-    ddconfig: EncoderConfig = field(default_factory=EncoderConfig)
+    ddconfig: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     embed_dim: int = 256
     n_embed: int = 1024
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self) -> None:
-        self.ddconfig = EncoderConfig.from_dict(self.ddconfig)
+        self.ddconfig = AutoencoderConfig.from_dict(self.ddconfig)
         self.quantizer = config_from_dict(QuantizerConfig, self.quantizer, "quantizer")
         if self.embed_dim < 1 or self.n_embed < 2:
             raise ValueError(
@@ -218,7 +219,7 @@ class Middle(nn.Module):
 class Encoder(nn.Module):
     """[B, in_channels, H, W] -> [B, z_channels, H/f, W/f] with f = 2**(len(ch_mult)-1)."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
         levels = len(config.ch_mult)
         self.conv_in = nn.Conv2d(config.in_channels, config.ch, 3, padding=1)
@@ -252,7 +253,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """[B, z_channels, h, w] -> [B, out_ch, h·f, w·f]. `up[i]` is level i; they run from the deepest up."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
         levels = len(config.ch_mult)
         channels = config.level_channels(levels - 1)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from imagetext.checkpoints import read_torch
 from vqgan.discriminator import NLayerDiscriminator
-from vqgan.model import VQGAN, EncoderConfig, VQGANConfig
+from vqgan.model import VQGAN, AutoencoderConfig, VQGANConfig
 from vqgan.quantize import QuantizerConfig
 
 TAMING_MODELS = {"VQModel": "vq", "GumbelVQ": "gumbel"}  # model.target class name -> quantizer kind
@@ -87,7 +87,7 @@ def taming_config(config_yaml: str | Path) -> TamingConfig:
     else:
         quantizer = QuantizerConfig(kind="gumbel", kl_weight=params.get("kl_weight", 1e-8))
     vqgan = VQGANConfig(
-        ddconfig=EncoderConfig.from_dict(params["ddconfig"]),
+        ddconfig=AutoencoderConfig.from_dict(params["ddconfig"]),
         embed_dim=params["embed_dim"],
         n_embed=params["n_embed"],
         quantizer=quantizer,

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from gpt_prior import SamplingSettings
-from vqgan_clip import data_commands, demo, evaluate, export, generate, optimize_command, tokenize
+from vqgan_clip import data_commands, demo, encode_command, evaluate, export, generate, optimize_command
 from vqgan_clip.arguments import MAX_IMAGE_SIDE, MAX_SHAPES_SIDE, OneLineParser, device, number, whole
 from vqgan_clip.models import add_model_options, default_device
 
@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--seed", type=int, default=0, help="with src=shapes: seed")
     shard.set_defaults(run=data_commands.write_shards)
 
-    tok = commands.add_parser("tokenize", help="encode a dataset once into VQGAN code shards for the GPT prior")
+    tok = commands.add_parser(
+        "encode", aliases=["tokenize"], help="encode a dataset once into VQGAN code shards for the GPT prior"
+    )
     tok.add_argument(
         "--vqgan", required=True, help="VQGAN: .ckpt from `vqgan fit`, .safetensors bundle, or a public taming name"
     )
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--num-workers", type=whole(0), default=0)
     tok.add_argument("--device", type=device, default=default_device(), help="default: cuda if any, else cpu")
     tok.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
-    tok.set_defaults(run=tokenize.run)
+    tok.set_defaults(run=encode_command.run)
 
     gen = commands.add_parser("generate", help="draw images for a prompt with the GPT prior, rerank them with CLIP")
     gen.add_argument("prompt", nargs="?", help="the text prompt (or give --prompts-file)")

@@ -1,7 +1,7 @@
 """`make demo` / `vqgan-clip demo`: the shipped shapes models, then with `--train` the whole pipeline from scratch.
 
     vqgan-clip demo            generate (5 prompts, 2 novel) → optimize → eval, with the shipped models
-    vqgan-clip demo --train    shapes → vqgan fit → tokenize → gpt-prior fit ─┐
+    vqgan-clip demo --train    shapes → vqgan fit → encode → gpt-prior fit ─┐
                                shapes → clip-rerank fit ──────────────────────┴→ generate → optimize → eval
                                and the same with the shipped models, the two sets of figures side by side
 
@@ -163,8 +163,8 @@ def train_models(out: Path, profile: Profile, board: Board) -> dict[str, str]:
     clip.start(fit_command("clip_rerank", configs["clip_rerank"], clip, profile.clip_steps), share_cores=True)
     try:
         vqgan.run(fit_command("vqgan", configs["vqgan"], vqgan, profile.vqgan_steps), share_cores=True)
-        tokenize = command("tokenize", vqgan=vqgan.result, data=configs["vqgan"], out=codes.folder)
-        codes.run(tokenize, share_cores=True)
+        encode = command("encode", vqgan=vqgan.result, data=configs["vqgan"], out=codes.folder)
+        codes.run(encode, share_cores=True)
         codes_flag = ("--data.codes", str(codes.folder))
         gpt.run(fit_command("gpt_prior", configs["gpt_prior"], gpt, profile.gpt_steps, *codes_flag), share_cores=True)
         clip.finish()

@@ -4,7 +4,7 @@
     imagetext/configs/gpt_prior/shapes.yaml      gpt-prior fit -c shapes
     imagetext/configs/clip_rerank/shapes.yaml    clip-rerank fit -c shapes
     imagetext/configs/clip_rerank/clip-*.json    open_clip architectures (clip_rerank.load("clip-tiny-32"))
-    imagetext/configs/data/shapes-64k.yaml       vqgan-clip tokenize --data shapes-64k (a bare data: block)
+    imagetext/configs/data/shapes-64k.yaml       vqgan-clip encode --data shapes-64k (a bare data: block)
 
 They travel with the package, so a plain `pip install` finds them from any folder; in a clone the
 top-level `configs/` links here, so `-c configs/vqgan/shapes.yaml` names the same file.

@@ -1,4 +1,4 @@
-"""`vqgan-clip tokenize`: code shards from a VQGAN bundle, their manifest, resume, and bad input."""
+"""`vqgan-clip encode` (alias `tokenize`): code shards from a VQGAN bundle, their manifest, resume, and bad input."""
 
 import subprocess
 import sys
@@ -9,10 +9,9 @@ import torch
 
 import vqgan
 from imagetext.code_shards import read_code_shard, read_manifest
-from imagetext.datamodule import ImageTextDataModule
+from imagetext.datamodule import ImageTextDataModule, data_module_for
 from imagetext.shapes import write_shapes_folder
 from vqgan_clip.cli import main
-from vqgan_clip.tokenize import data_module_for
 
 TINY_VQGAN = {
     "embed_dim": 8,
@@ -39,7 +38,7 @@ def test_folder_to_code_shards_with_manifest(tmp_path, bundle):
     out = tmp_path / "codes"
     main(
         [
-            "tokenize",
+            "encode",
             "--vqgan",
             str(bundle),
             "--data",
@@ -72,6 +71,7 @@ def test_resume_keeps_finished_shards(tmp_path, bundle):
     config = tmp_path / "data.yaml"
     config.write_text("data:\n  source: shapes\n  n_train: 12\n  n_val: 4\n")
     out = tmp_path / "codes"
+    # `tokenize`, the command's earlier name, still runs it (model cards and scripts name it).
     args = ["tokenize", "--vqgan", str(bundle), "--data", str(config), "--out", str(out), "--shard-size", "5"]
     main(args)
     first = out / "train" / "codes-000000.safetensors"
@@ -92,7 +92,7 @@ def test_missing_inputs_are_one_line_errors(tmp_path, bundle):
             sys.executable,
             "-m",
             "vqgan_clip",
-            "tokenize",
+            "encode",
             "--vqgan",
             str(tmp_path / "none.ckpt"),
             "--data",
@@ -123,7 +123,7 @@ def test_an_unreadable_image_is_left_out_and_counted_not_filled_by_its_neighbour
     broken = data.train_set[3]["path"]
     Path(broken).write_bytes(b"not a png")
     out = tmp_path / "codes"
-    main(["tokenize", "--vqgan", str(bundle), "--data", str(folder), "--out", str(out), "--shard-size", "8"])
+    main(["encode", "--vqgan", str(bundle), "--data", str(folder), "--out", str(out), "--shard-size", "8"])
     train = read_manifest(out)["splits"]["train"]
     assert train["left_out"] == 1 and [s["n"] for s in train["shards"]] == [7, 8, 3]
     codes, captions = read_code_shard(out / train["shards"][0]["file"])

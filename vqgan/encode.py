@@ -1,37 +1,56 @@
-"""`vqgan-clip tokenize`: encode a dataset's train and val images once into code shards for the GPT prior."""
+"""Encoding a dataset once into code shards for the GPT prior (what `vqgan-clip encode` runs).
+
+    manifest = encode_dataset(model, "vqgan.safetensors", data_module, "runs/codes/shapes")
+
+Each split's images are encoded in order into shards of `shard_size` code grids with their captions
+(imagetext.code_shards), then a manifest names the VQGAN (path and sha256), the grid, the codebook
+size and the shards. An interrupted run resumes: complete shards on disk are kept.
+"""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-import vqgan
 from imagetext.code_shards import read_code_shard, shard_path, write_code_shard, write_manifest
-from imagetext.configs import resolve_config
 from imagetext.datamodule import ImageTextDataModule, collate_image_text
 from imagetext.files import file_sha256
 from imagetext.progress import ProgressBar
+from vqgan.model import VQGAN
 
 
-def data_module_for(data: str, image_size: int, batch_size: int, num_workers: int) -> ImageTextDataModule:
-    """A folder path, or a YAML file with a `data:` block (any stage's config) or a bare data block, or the
-    short name of a packaged data block (`shapes-64k`)."""
-    path = resolve_config("data", data)
-    if path.is_dir():
-        settings = {"source": "folder", "path": str(path)}
-    elif path.is_file() and path.suffix in (".yaml", ".yml"):
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        settings = dict(config.get("data", config))
-    else:
-        raise FileNotFoundError(f"--data {data} is neither a folder of image–caption pairs nor a YAML config")
-    settings.update(image_size=image_size, batch_size=batch_size, num_workers=num_workers, random_crop=False)
-    module = ImageTextDataModule(**settings)
-    module.setup("fit")
-    return module
+def encode_dataset(
+    model: VQGAN,
+    vqgan_file: str | Path,
+    data: ImageTextDataModule,
+    out: str | Path,
+    *,
+    data_name: str,
+    image_size: int,
+    shard_size: int,
+    batch_size: int,
+    num_workers: int = 0,
+    bf16: bool = False,
+) -> dict:
+    """Encode `data`'s train and val sets into `out` and write its manifest; the manifest's contents."""
+    out = Path(out)
+    splits = {}
+    for split, dataset in (("train", data.train_set), ("val", data.val_set)):
+        shards, left_out = encode_split(model, dataset, out, split, shard_size, batch_size, num_workers, bf16)
+        splits[split] = {"n": sum(s["n"] for s in shards), "left_out": left_out, "shards": shards}
+    manifest = {
+        "vqgan": str(Path(vqgan_file).resolve()),
+        "vqgan_sha256": file_sha256(vqgan_file),
+        "codebook_size": model.codebook_size,
+        "grid": list(model.code_grid_shape(image_size, image_size)),
+        "image_size": image_size,
+        "data": data_name,
+        "splits": splits,
+    }
+    write_manifest(out, manifest)
+    return manifest
 
 
 def collate_marking_stand_ins(samples: list[dict]) -> dict:
@@ -77,7 +96,7 @@ def encode_split(
 
     loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_marking_stand_ins)
     with ProgressBar(
-        total=None if iterable else len(dataset), initial=done * shard_size, desc=f"tokenize {split}", unit="img"
+        total=None if iterable else len(dataset), initial=done * shard_size, desc=f"encode {split}", unit="img"
     ) as bar:
         for batch in loader:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -92,34 +111,3 @@ def encode_split(
     if pending:
         flush(len(pending))
     return shards, left_out
-
-
-def run(args: argparse.Namespace) -> None:
-    model = vqgan.load(args.vqgan, map_location=args.device)
-    image_size = args.image_size or model.config.ddconfig.resolution
-    grid = model.code_grid_shape(image_size, image_size)
-    data = data_module_for(args.data, image_size, args.batch_size, args.num_workers)
-    out = Path(args.out)
-    splits = {}
-    for split, dataset in (("train", data.train_set), ("val", data.val_set)):
-        shards, left_out = encode_split(
-            model, dataset, out, split, args.shard_size, args.batch_size, args.num_workers, args.bf16
-        )
-        splits[split] = {"n": sum(s["n"] for s in shards), "left_out": left_out, "shards": shards}
-        if left_out:
-            print(f"tokenize {split}: left out {left_out} unreadable images (none stands in for another)")
-    manifest = write_manifest(
-        out,
-        {
-            "vqgan": str(Path(args.vqgan).resolve()),
-            "vqgan_sha256": file_sha256(args.vqgan),
-            "codebook_size": model.codebook_size,
-            "grid": list(grid),
-            "image_size": image_size,
-            "data": str(args.data),
-            "splits": splits,
-        },
-    )
-    print(
-        f"wrote {splits['train']['n']} train and {splits['val']['n']} val code grids {grid[0]}×{grid[1]} to {out} ({manifest.name})"
-    )
