@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from clip_rerank.load import STAGE, load, metadata
+from imagetext.seeding import keyed_generator
 from imagetext.shapes_contrasts import (
     ATTRIBUTES,
     hard_negative_captions,
@@ -263,7 +264,7 @@ class CLIPModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
-        generator = torch.Generator().manual_seed(h.seed * 1_000_003 + self.global_step)
+        generator = keyed_generator(h.seed, self.global_step)
         images, captions, labels = batch["image"], list(batch["caption"]), batch.get("labels")
         if (h.hard_negatives or h.order_negatives or h.reflected_pairs) and labels is None:
             raise ValueError(

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from imagetext.configs import resolve_config
 from imagetext.folder import ImageCaptionFolder
+from imagetext.seeding import keyed_generator
 from imagetext.shapes import ShapesDataset
 from imagetext.shards import ShardDataset, expand_shard_spec
 
@@ -64,7 +65,7 @@ class EpochShuffle(DistributedSampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = keyed_generator(self.seed, self.epoch)
         order = torch.randperm(self.n, generator=generator)[: self.total_size]
         return iter(order[self.rank :: self.num_replicas][self.skip :].tolist())
 

@@ -239,8 +239,8 @@ class ShardDataset(IterableDataset):
     mid-epoch; a collate function can sum `skipped` to report it. Skips after a worker's last item
     are reported as a warning instead.
 
-    With `shuffle_shards` the shard order is a permutation seeded by `seed + epoch`, the same on every
-    rank; call `set_epoch` before each epoch (it reaches workers unless they are persistent). The
+    With `shuffle_shards` the shard order is a permutation drawn by keyed_generator(seed, epoch), the
+    same on every rank; call `set_epoch` before each epoch (it reaches workers unless they are persistent). The
     random caption and crop of a sample are drawn from a generator keyed by (seed, epoch, shard, place
     in the shard), so they do not depend on what a worker read before.
 
@@ -302,7 +302,7 @@ class ShardDataset(IterableDataset):
         """This rank's shards for the current epoch, before the split between workers."""
         shards = self.shards
         if self.shuffle_shards:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = keyed_generator(self.seed, self.epoch)
             shards = [shards[i] for i in torch.randperm(len(shards), generator=generator).tolist()]
         return shards[self.rank :: self.world_size]
 

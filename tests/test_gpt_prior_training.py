@@ -34,7 +34,7 @@ def item_captions(index: int) -> list[str]:
 
 
 def make_code_folder(folder: Path) -> Path:
-    """A finished `vqgan-clip tokenize` output: random codes, shapes captions, a dummy VQGAN file."""
+    """A finished `vqgan-clip encode` output: random codes, shapes captions, a dummy VQGAN file."""
     folder.mkdir(parents=True)
     vqgan = folder / "vqgan.ckpt"
     vqgan.write_bytes(b"stand-in for VQGAN weights")
@@ -391,7 +391,7 @@ def test_missing_codes_folder_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(write_config(tmp_path, tmp_path / "no-codes"))])
     message = str(exit_info.value.code)
-    assert message.startswith("gpt-prior: error:") and "vqgan-clip tokenize" in message and "\n" not in message
+    assert message.startswith("gpt-prior: error:") and "vqgan-clip encode" in message and "\n" not in message
 
 
 def test_one_codes_flag_sets_the_data_and_the_model(fitted, tmp_path, capsys):

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from imagetext.seeding import keyed_generator
+
 QUANTIZER_KINDS = ("vq", "gumbel")
 
 
@@ -159,10 +161,6 @@ def _broadcast_from_first_rank(*tensors: Tensor) -> None:
             dist.broadcast(t, src=0)
 
 
-def _seeded_generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour vector quantiser (VQ-VAE), state_dict-compatible with taming's.
 
@@ -290,7 +288,7 @@ class VectorQuantizer(nn.Module):
             self.update_step += 1
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        return _seeded_generator(device, self.config.seed * 1_000_003 + int(self.update_step))
+        return keyed_generator(self.config.seed, int(self.update_step), device=device)
 
     def _remember(self, vectors: Tensor) -> None:
         size = self.recent_vectors.shape[0]
@@ -367,7 +365,7 @@ class GumbelQuantizer(nn.Module):
 
     def _gumbel_noise(self, logits: Tensor) -> Tensor:
         if self._noise is None or self._noise.device != logits.device:
-            self._noise = _seeded_generator(logits.device, self.config.seed)
+            self._noise = torch.Generator(device=logits.device).manual_seed(self.config.seed)
         uniform = torch.rand(logits.shape, generator=self._noise, device=logits.device)
         return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0)) + 1e-20)
 
