@@ -42,7 +42,6 @@ from clip_rerank.scorer import Scorer
 from imagetext.checkpoints import (
     CheckpointError,
     ModelFile,
-    ModelFileNotFound,
     load_weights,
     model_format,
     read_model_file,
@@ -172,13 +171,8 @@ def _create_with_weights(architecture: str, pretrained: str | Path | None) -> to
 
 def _from_project_checkpoint(path: Path) -> tuple[torch.nn.Module, open_clip.SimpleTokenizer, str]:
     hint = f"; a CLIP weights file without it: load it as load(ARCHITECTURE, pretrained={str(path)!r})"
-    try:
-        found = read_model_file(path, STAGE, hint=hint)
-    except ModelFileNotFound:
-        raise ModelFileNotFound(
-            f"no CLIP checkpoint at {path}; give an existing .safetensors/.ckpt file or an architecture name "
-            f"such as clip-tiny-32 or ViT-B-32"
-        ) from None
+    give = "an existing .safetensors/.ckpt file or an architecture name such as clip-tiny-32 or ViT-B-32"
+    found = read_model_file(path, STAGE, hint=hint, what="CLIP checkpoint", give=give)
     model_config, preprocess = found.json("model_config"), found.json("preprocess")
     missing = [key for key in MODEL_CONFIG_KEYS if not isinstance(model_config, dict) or key not in model_config]
     if missing:

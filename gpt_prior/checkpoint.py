@@ -22,14 +22,7 @@ import torch
 from gpt_prior.model import GPT, GPTConfig
 from gpt_prior.sample import SamplingSettings, sample
 from gpt_prior.tokenizer import TextTokenizer
-from imagetext.checkpoints import (
-    ModelFile,
-    ModelFileNotFound,
-    load_weights,
-    model_format,
-    read_model_file,
-    save_model_file,
-)
+from imagetext.checkpoints import ModelFile, load_weights, model_format, read_model_file, save_model_file
 from imagetext.files import file_sha256
 from imagetext.shipped import resolve
 
@@ -96,13 +89,8 @@ class PriorBundle:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> PriorBundle:
     """The GPT prior of a `gpt-prior fit` checkpoint (.ckpt), a .safetensors file, or a shipped model's short name."""
     path = resolve(STAGE, path)
-    try:
-        found = read_model_file(path, STAGE, upgrade=_older_metadata)
-    except ModelFileNotFound:
-        raise ModelFileNotFound(
-            f"GPT prior checkpoint {path} not found; give a .ckpt from `gpt-prior fit`, "
-            f"a .safetensors file, or a shipped model's name"
-        ) from None
+    give = "a .ckpt from `gpt-prior fit`, a .safetensors file, or a shipped model's name"
+    found = read_model_file(path, STAGE, upgrade=_older_metadata, what="GPT prior checkpoint", give=give)
     config = GPTConfig(**found.json("config"))
     model = GPT(config)
     # The prior computes in fp32 (bf16 is autocast), whatever dtype the file holds.

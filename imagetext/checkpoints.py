@@ -92,15 +92,18 @@ def read_model_file(
     *,
     upgrade: Callable[[ModelFile], dict[str, str]] | None = None,
     hint: str = "",
+    what: str = "model file",
+    give: str = "",
 ) -> ModelFile:
     """A stage's .safetensors model file or Lightning .ckpt, checked to be that stage's.
 
     `upgrade` maps the metadata of files written before the format existed (it sees the whole file);
-    `hint` ends the message when the file is not the stage's, saying what to do instead.
+    `hint` ends the message when the file is not the stage's, saying what to do instead. A missing
+    file is "`what` PATH not found; give `give`".
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelFileNotFound(f"{path} not found")
+        raise ModelFileNotFound(f"{what} {path} not found" + (f"; give {give}" if give else ""))
     hyper_parameters: dict[str, Any] = {}
     if path.suffix == ".safetensors":
         with open_safetensors(path, map_location) as file:

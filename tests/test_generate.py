@@ -218,7 +218,7 @@ def test_the_demo_models_are_used_when_asked(models, tmp_path, monkeypatch):
         ("fewer candidates than kept", "--rerank 2 draws fewer candidates than --keep 3"),
         ("missing gpt", "not found"),
         ("not a checkpoint", "garbage.ckpt is not a readable PyTorch checkpoint"),
-        ("missing clip", "no CLIP checkpoint"),
+        ("missing clip", "CLIP checkpoint missing.safetensors not found"),
         ("unknown clip", "unknown CLIP architecture"),
         ("demo models asked, no demo run", "run `vqgan-clip demo --train`"),
         ("bad sampling", "--top-p: must be <= 1, got 1.5"),

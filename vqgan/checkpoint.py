@@ -19,19 +19,13 @@ from typing import Any
 
 import torch
 
-from imagetext.checkpoints import (
-    ModelFile,
-    ModelFileNotFound,
-    load_weights,
-    model_format,
-    read_model_file,
-    save_model_file,
-)
+from imagetext.checkpoints import ModelFile, load_weights, model_format, read_model_file, save_model_file
 from imagetext.shipped import ShippedModelError, resolve
 from vqgan.model import VQGAN, VQGANConfig
 from vqgan.pretrained import PUBLIC_VQGANS, load_public
 
 STAGE = "vqgan"
+GIVE = "a .ckpt from `vqgan fit`, a .safetensors file, or a shipped model's name"
 TAMING_HINT = (
     "; for a taming-transformers checkpoint use vqgan.from_taming(model.yaml, ckpt), or a public taming VQGAN's name"
 )
@@ -56,13 +50,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> VQGAN:
         path = resolve(STAGE, path)
     except ShippedModelError as error:
         raise ShippedModelError(f"{error}; public taming VQGANs: {', '.join(PUBLIC_VQGANS)}") from None
-    try:
-        found = read_model_file(path, STAGE, map_location, upgrade=_older_metadata, hint=TAMING_HINT)
-    except ModelFileNotFound:
-        raise ModelFileNotFound(
-            f"VQGAN checkpoint {path} not found; give a .ckpt from `vqgan fit`, a .safetensors "
-            f"file, or a shipped model's name"
-        ) from None
+    found = read_model_file(
+        path, STAGE, map_location, upgrade=_older_metadata, hint=TAMING_HINT, what="VQGAN checkpoint", give=GIVE
+    )
     model = VQGAN(VQGANConfig.from_dict(found.json("config")))
     load_weights(model, found, "its VQGAN config")
     return model.eval()
