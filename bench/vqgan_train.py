@@ -7,13 +7,17 @@
 Variants, all on the architecture in the config's `model` section, with the discriminator on from
 the first step (disc_start 0) so that every variant does the same kind of work:
 
-  (a) taming   the step of taming-transformers' VQModel under Lightning 1.x automatic optimisation:
-               optimizer_idx 0 runs the whole autoencoder, the generator loss and the adaptive weight
-               (taming computes it every step), backward, step; optimizer_idx 1 runs the whole
-               autoencoder AGAIN for its reconstructions, then the discriminator loss, backward, step.
-               As Lightning 1.x does with several optimisers, the parameters of the other optimiser
-               are frozen (`toggle_optimizer`) during each half, so the second forward builds no graph.
-               taming's quantiser (quantizer {}); fp32.
+  (a) taming   the step of taming-transformers' VQModel under Lightning 1.x automatic optimisation,
+               restated here (`TamingStyleStep`) on this project's networks: optimizer_idx 0 runs the
+               whole autoencoder (taming's quantiser, its output made contiguous as taming does),
+               L1 + LPIPS, the generator loss and the adaptive weight (taming computes it every step),
+               backward, step; optimizer_idx 1 runs the whole autoencoder AGAIN for its
+               reconstructions, L1 and LPIPS again (taming's loss computes them before it looks at
+               optimizer_idx), then the discriminator loss, backward, step. As Lightning 1.x does with
+               several optimisers, the parameters of the other optimiser are frozen
+               (`toggle_optimizer`) during each half, so the second forward builds no graph. fp32.
+               tests/test_bench_baselines.py checks its losses and updated weights against
+               `VQGANModule.training_step` and against taming's formulas.
   (b) ours     `VQGANModule.training_step` itself: one autoencoder forward, generator step, then
                discriminator step on the same reconstructions; the config's quantiser; fp32.
   (c) ours     the same under torch.autocast("cpu", bfloat16) with the module's channels_last option.
@@ -23,6 +27,12 @@ and backward (see `TrainerFreeModule`), so no variant pays Lightning's loop over
 may be shared: the variants are interleaved over several rounds (the order rotating) and each
 reports its median round, in wall-clock time (img/s) and in process CPU time (with --threads 1 the
 latter leaves out the time other jobs hold the cores). Random weights and random [-1, 1] images: speed does not depend on them.
+
+What (a) leaves out of taming's step: Lightning 1.x's own loop and logging; taming's `get_input`
+(a permute of channels-last batches); LPIPS dropout, which taming's training has on (Lightning's
+`train()` undoes the LPIPS `.eval()`; this project keeps it off, so (a) does too); and taming's
+autoencoder code itself (x·sigmoid(x) and a bmm/softmax attention, where this project's networks
+use SiLU and scaled_dot_product_attention).
 """
 
 from __future__ import annotations
@@ -40,10 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from omegaconf import OmegaConf
+from torch import Tensor
 
 from imagetext.configs import packaged_config
-from vqgan.discriminator import adaptive_disc_weight, generator_loss
 from vqgan.lightning import VQGANModule
 
 DEFAULT_CONFIG = packaged_config("vqgan", "emoji")
@@ -102,11 +114,12 @@ class BenchOptimizer:
 class TrainerFreeModule(VQGANModule):
     """A VQGANModule whose `training_step` runs without a Trainer: `optimizers()` and `manual_backward`
     are what the Trainer would provide (plain Adam pair from `configure_optimizers`, `loss.backward()`).
-    Logging is dropped, as Lightning itself drops it when there is no Trainer."""
+    What the step logs is kept in `logged` (the last values only) instead of going to a logger."""
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self.bench_optimizers = self.configure_optimizers()
+        self.logged: dict[str, Any] = {}
 
     def optimizers(self, use_pl_optimizer: bool = True) -> list[BenchOptimizer]:
         return [BenchOptimizer(self, optimizer) for optimizer in self.bench_optimizers]
@@ -122,11 +135,11 @@ class TrainerFreeModule(VQGANModule):
     def untoggle_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         self._toggled.__exit__(None, None, None)
 
-    def log(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        self.logged[name] = value
 
-    def log_dict(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    def log_dict(self, values: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        self.logged.update(values)
 
 
 @contextmanager
@@ -145,41 +158,103 @@ def only_training(active: torch.optim.Optimizer, others: list[torch.optim.Optimi
             p.requires_grad_(trainable)
 
 
+def taming_quantize(z: Tensor, codebook: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """taming's VectorQuantizer2 (legacy β placement, no remap), restated: encoder output z [B,d,h,w] ->
+    (quantised z, contiguous [B,d,h,w], with the straight-through gradient; its codebook loss)."""
+    vectors = rearrange(z, "b d h w -> b h w d").contiguous()
+    flat = vectors.view(-1, codebook.shape[1])
+    distances = (
+        flat.pow(2).sum(dim=1, keepdim=True)
+        + codebook.pow(2).sum(dim=1)
+        - 2 * torch.einsum("nd,dk->nk", flat, codebook.t())
+    )
+    quantized = F.embedding(distances.argmin(dim=1), codebook).view(vectors.shape)
+    # legacy: the commitment term (encoder towards codes) at full weight, the codebook term at β
+    loss = (quantized.detach() - vectors).pow(2).mean() + beta * (quantized - vectors.detach()).pow(2).mean()
+    quantized = vectors + (quantized - vectors).detach()
+    return rearrange(quantized, "b h w d -> b d h w").contiguous(), loss
+
+
+def taming_d_loss(kind: str, logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """taming's hinge_d_loss / vanilla_d_loss."""
+    if kind == "hinge":
+        return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
 class TamingStyleStep:
     """taming's VQModel.training_step as Lightning 1.x runs it: two optimizer_idx passes per batch,
-    each with its own full autoencoder forward. Uses the module's model, discriminator and losses."""
+    each with its own full autoencoder forward, and VQLPIPSWithDiscriminator's losses, restated
+    from taming's formulas. Runs on the module's networks (encoder, codebook, decoder, PatchGAN,
+    LPIPS) and optimisers; the module must have taming's quantiser (quantizer {}).
+
+    Calling it takes one step on a batch and returns the losses taming logs (detached)."""
 
     def __init__(self, module: TrainerFreeModule) -> None:
+        q = module.model.config.quantizer
+        if q.kind != "vq" or not q.legacy or q.l2_normalize or q.codebook_dim or q.ema or q.restart_unused_after:
+            raise ValueError("the taming step needs taming's quantiser: build the module with quantizer {}")
         self.module = module
         self.opt_g, self.opt_d = module.bench_optimizers
 
-    def __call__(self, images: torch.Tensor) -> None:
+    def autoencode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """VQModel.forward: encode, quantise, decode -> (reconstructions, codebook loss)."""
+        model = self.module.model
+        z_q, codebook_loss = taming_quantize(
+            model.quant_conv(model.encoder(images)), model.quantize.embedding.weight, model.config.quantizer.beta
+        )
+        return model.decoder(model.post_quant_conv(z_q)), codebook_loss
+
+    def reconstruction_loss(self, images: Tensor, reconstructions: Tensor) -> tuple[Tensor, Tensor]:
+        """(nll_loss, p_loss): mean of |x - x̂| + perceptual_weight · LPIPS(x, x̂) per image [B,1,1,1]. taming
+        has a pixelloss_weight but never applies it."""
+        h = self.module.hparams
+        rec_loss = (images.contiguous() - reconstructions.contiguous()).abs()
+        p_loss = images.new_zeros(())
+        if h.perceptual_weight > 0:
+            p_loss = self.module.perceptual.net(images.contiguous(), reconstructions.contiguous())
+            rec_loss = rec_loss + h.perceptual_weight * p_loss
+        return rec_loss.mean(), p_loss
+
+    def __call__(self, images: Tensor) -> dict[str, Tensor]:
         m, h = self.module, self.module.hparams
+        last_layer = m.model.decoder.conv_out.weight
         with only_training(self.opt_g, [self.opt_d]):  # optimizer_idx 0: autoencoder
-            reconstructions, quantized = m.model(images)
-            rec_loss = m.reconstruction_loss(images, reconstructions)
-            g_loss = generator_loss(m.discriminator(reconstructions))
-            d_weight = h.disc_weight * adaptive_disc_weight(
-                rec_loss, g_loss, m.model.last_layer, h.adaptive_weight_clamp
-            )
-            loss = rec_loss + d_weight * h.disc_factor * g_loss + h.codebook_weight * quantized.loss
+            reconstructions, codebook_loss = self.autoencode(images)
+            nll_loss, p_loss = self.reconstruction_loss(images, reconstructions)
+            g_loss = -m.discriminator(reconstructions.contiguous()).mean()
+            (nll_grads,) = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)
+            (g_grads,) = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+            d_weight = (nll_grads.norm() / (g_grads.norm() + 1e-4)).clamp(0.0, h.adaptive_weight_clamp).detach()
+            d_weight = d_weight * h.disc_weight
+            loss = nll_loss + d_weight * h.disc_factor * g_loss + h.codebook_weight * codebook_loss.mean()
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_g.step()
         with only_training(self.opt_d, [self.opt_g]):  # optimizer_idx 1: discriminator
-            reconstructions, _ = m.model(images)
-            logits_real = m.discriminator(images.detach())
-            logits_fake = m.discriminator(reconstructions.detach())
-            d_loss = h.disc_factor * m.d_loss_fn(logits_real, logits_fake)
+            reconstructions, _ = self.autoencode(images)
+            self.reconstruction_loss(images, reconstructions)  # computed by taming's loss in this pass too, unused
+            logits_real = m.discriminator(images.contiguous().detach())
+            logits_fake = m.discriminator(reconstructions.contiguous().detach())
+            d_loss = h.disc_factor * taming_d_loss(h.disc_loss, logits_real, logits_fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
+        return {
+            "total_loss": loss.detach(),
+            "quant_loss": codebook_loss.detach(),
+            "nll_loss": nll_loss.detach(),
+            "p_loss": p_loss.detach().mean(),
+            "d_weight": d_weight,
+            "g_loss": g_loss.detach(),
+            "disc_loss": d_loss.detach(),
+        }
 
 
 def build_variants(settings: dict[str, Any]) -> dict[str, Callable[[torch.Tensor], None]]:
     """name -> one training step on a batch of images."""
     common = {**settings, "disc_start": 0}
-    taming = TrainerFreeModule(**{**common, "quantizer": {}, "channels_last": False})
+    taming = TrainerFreeModule(**{**common, "config": {**settings["config"], "quantizer": {}}, "channels_last": False})
     ours_fp32 = TrainerFreeModule(**{**common, "channels_last": False})
     ours_bf16 = TrainerFreeModule(**{**common, "channels_last": True})
 
@@ -231,7 +306,7 @@ def main() -> None:
     variants = build_variants(settings)
 
     generator = torch.Generator().manual_seed(args.seed)
-    image_size = settings["ddconfig"]["resolution"]
+    image_size = settings["config"]["ddconfig"]["resolution"]
     batches = [torch.rand(args.batch_size, 3, image_size, image_size, generator=generator) * 2 - 1 for _ in range(4)]
 
     cpu_name, flags = cpu_facts()
@@ -241,12 +316,12 @@ def main() -> None:
         f"ISA flags: {', '.join(flags) or 'none of avx512f/avx512_bf16/amx'}; "
         f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    dd = settings["ddconfig"]
+    dd = settings["config"]["ddconfig"]
     print(
         f"config {args.config}: {image_size} px, ch {dd['ch']}, ch_mult {dd['ch_mult']}, attention at {dd['attn_resolutions']}, "
-        f"{settings['n_embed']} codes × {settings['embed_dim']}, discriminator ndf {settings.get('disc_ndf', 64)} "
+        f"{settings['config']['n_embed']} codes × {settings['config']['embed_dim']}, discriminator ndf {settings.get('disc_ndf', 64)} "
         f"layers {settings.get('disc_layers', 3)}, perceptual_weight {settings.get('perceptual_weight', 1.0)}; "
-        f"quantizer (b, c) {settings.get('quantizer') or {}}"
+        f"quantizer (b, c) {settings['config'].get('quantizer') or {}}"
     )
     print(
         f"batch {args.batch_size}; {args.warmup_steps} warm-up steps, then {args.rounds} rounds × "
