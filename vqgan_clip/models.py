@@ -123,22 +123,21 @@ def load_models(choice: ModelChoice, *, prior: bool, clip: bool) -> Models:
         bundle = gpt_prior.load(gpt_file, map_location=device)
         if choice.demo_models and choice.gpt is None and vqgan_spec is None and not choice.vqgan_config:
             vqgan_spec = default_model("vqgan", True)  # the demo's VQGAN goes with the demo's prior
+    taming = None  # (model.yaml, checkpoint) of a taming VQGAN: given, or a public one by name
     if choice.vqgan_config:
-        decoder = vqgan.from_taming(choice.vqgan_config, choice.vqgan_checkpoint)
-        vqgan_record = {
-            "config": str(Path(choice.vqgan_config).resolve()),
-            "path": str(Path(choice.vqgan_checkpoint).resolve()),
-            "sha256": file_sha256(choice.vqgan_checkpoint),
-        }
+        taming = (choice.vqgan_config, choice.vqgan_checkpoint)
     else:
         if bundle is not None and vqgan_spec not in PUBLIC_VQGANS:
             vqgan_spec = resolve_vqgan(bundle, vqgan_spec)  # warns if its sha256 is not the prior's VQGAN's
         vqgan_spec = str(vqgan_spec or default_model("vqgan", choice.demo_models))
         if vqgan_spec in PUBLIC_VQGANS:
-            decoder, vqgan_file = vqgan.load(vqgan_spec), public_files(vqgan_spec, quiet=True)[1]
-        else:
-            vqgan_file = resolve("vqgan", vqgan_spec)
-            decoder = vqgan.load(vqgan_file)
+            taming = public_files(vqgan_spec)  # downloaded once
+    if taming is not None:
+        decoder = vqgan.from_taming(*taming)
+        vqgan_record = {"config": str(Path(taming[0]).resolve()), **file_record(Path(taming[1]))}
+    else:
+        vqgan_file = resolve("vqgan", vqgan_spec)
+        decoder = vqgan.load(vqgan_file)
         vqgan_record = file_record(vqgan_file)
     if bundle is not None:
         check_codebook(bundle, decoder.codebook_size, vqgan_record["path"])
